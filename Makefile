@@ -1,0 +1,53 @@
+# Two entry points: `make demo` and `make test`. Both create (or reuse) a virtual environment
+# cached outside the clone, keyed by the dependency files, so a fresh clone reuses a venv that
+# an earlier clone on the same machine built; on a new machine it is built from nothing.
+PYTHON ?= python3
+DEPS_HASH := $(shell cat pyproject.toml requirements-torch.txt | sha256sum | cut -c1-16)
+VENV ?= $(HOME)/.cache/prunetune/venv-$(DEPS_HASH)
+BIN := $(VENV)/bin
+DEPS_STAMP := $(VENV)/.deps-installed
+LINK_STAMP := .make/installed-$(DEPS_HASH)
+
+# Demo data: the real CIFAR-10 JPEGs when the shared copy is there, else generated data.
+SHARED_CIFAR10 ?= $(abspath ../shared/data/cifar10-train-jpeg.tar.gz)
+DATA_CACHE ?= $(HOME)/.cache/prunetune-data
+DEMO_OUT ?= runs/demo
+
+.PHONY: install demo test test-all lint format clean-venv
+
+install: $(LINK_STAMP)
+
+$(DEPS_STAMP): pyproject.toml requirements-torch.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-torch.txt
+	$(BIN)/pip install --quiet '.[dev]'
+	touch $@
+
+# The project itself is installed editable into the shared venv from *this* clone, every time
+# the clone is new (cheap: no dependencies are resolved again).
+$(LINK_STAMP): $(DEPS_STAMP)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	mkdir -p .make && touch $@
+
+demo: install
+	@bash experiments/demo.sh "$(BIN)" "$(SHARED_CIFAR10)" "$(DATA_CACHE)" "$(DEMO_OUT)"
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m ''
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean-venv:
+	rm -rf $(VENV) .make

@@ -1,0 +1,176 @@
+"""Run a schedule: (optional sparse training) then, per stage, prune -> evaluate -> fine-tune ->
+evaluate. Plain PyTorch: the Ray trainable and `prunetune replay` both call this."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from pruning.data import BatchLoader, Dataset
+from pruning.prune import PruneReport, prune_to_speedup, sparsity_regularizer
+from pruning.schedule import Schedule
+from pruning.train import evaluate, fit
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: int  # 1-based
+    speedup: float  # achieved, vs. the unpruned model
+    target_speedup: float
+    macs: int
+    params: int
+    val_acc_after_prune: float
+    val_acc: float  # after this stage's fine-tune
+    val_loss: float
+    epochs: int  # this stage's fine-tune epochs
+    epochs_used: int  # cumulative, sparse training included
+    train_seconds: float  # cumulative fine-tune (and sparse) seconds
+    prune_seconds: float
+    completed: bool  # True after the schedule's last stage
+    widths: dict[str, int]
+    narrowest: str
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric fields, for trackers and JSON."""
+        return {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float))}
+
+
+@dataclass
+class RunState:
+    """What a schedule run carries between stages; enough to continue after stage `done`."""
+
+    base_macs: int | None = None
+    original_widths: dict[str, int] | None = None
+    done: int = 0
+    epochs_used: int = 0
+    train_seconds: float = 0.0
+
+
+def _sparse_phase(
+    model: nn.Module,
+    data: Dataset,
+    schedule: Schedule,
+    device: torch.device,
+    seed: int,
+    example: torch.Tensor,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> float:
+    assert schedule.sparse is not None
+    reg = sparsity_regularizer(model, example, schedule.sparse.reg)
+    loader = BatchLoader(
+        data.train,
+        schedule.training.batch_size,
+        data.mean,
+        data.std,
+        augment=True,
+        shuffle=True,
+        seed=seed,
+    )
+    result = fit(
+        model,
+        loader,
+        epochs=schedule.sparse.epochs,
+        lr=schedule.sparse.lr,
+        lr_schedule="cosine",
+        training=schedule.training,
+        device=device,
+        regularize=reg,
+        on_epoch=on_epoch,
+    )
+    return result.seconds
+
+
+def _prune(
+    model: nn.Module, schedule: Schedule, speedup: float, state: RunState, example: torch.Tensor
+) -> PruneReport:
+    report = prune_to_speedup(
+        model.cpu(),
+        example.cpu(),
+        speedup,
+        base_macs=state.base_macs,
+        importance=schedule.importance,
+        ranking=schedule.ranking,
+        min_channels=schedule.min_channels,
+        min_channel_ratio=schedule.min_channel_ratio,
+        original_widths=state.original_widths,
+    )
+    state.base_macs, state.original_widths = report.base_macs, report.original_widths
+    return report
+
+
+def run_schedule(
+    model: nn.Module,
+    data: Dataset,
+    schedule: Schedule,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    state: RunState | None = None,
+    on_stage: Callable[[StageResult, nn.Module, RunState], None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[StageResult]:
+    """Apply `schedule` to `model` in place, from stage `state.done` on (0: from the start).
+
+    `on_stage` sees each finished stage with the pruned model and the state to checkpoint.
+    Every stage seeds its own RNG (seed + stage), so a run continued from a checkpoint takes
+    the same path as one that never stopped.
+    """
+    state = state or RunState()
+    h, w = data.train.images.shape[2:]
+    example = torch.zeros(1, 3, h, w)  # (1, 3, H, W): only shapes matter for tracing and MACs
+    if state.done == 0 and schedule.sparse is not None:
+        torch.manual_seed(seed)
+        state.train_seconds += _sparse_phase(model, data, schedule, device, seed, example, on_epoch)
+        state.epochs_used += schedule.sparse.epochs
+    results = []
+    for index in range(state.done, len(schedule.stages)):
+        stage = schedule.stages[index]
+        torch.manual_seed(seed + index + 1)
+        report = _prune(model, schedule, stage.speedup, state, example)
+        acc_pruned, _ = evaluate(model, data.val, data.mean, data.std, device)
+        loader = BatchLoader(
+            data.train,
+            schedule.training.batch_size,
+            data.mean,
+            data.std,
+            augment=True,
+            shuffle=True,
+            seed=seed + index + 1,
+        )
+        fitted = fit(
+            model,
+            loader,
+            epochs=stage.epochs,
+            lr=stage.lr,
+            lr_schedule=stage.lr_schedule,
+            training=schedule.training,
+            device=device,
+            on_epoch=on_epoch,
+        )
+        acc, loss = evaluate(model, data.val, data.mean, data.std, device)
+        state.done, state.epochs_used = index + 1, state.epochs_used + stage.epochs
+        state.train_seconds += fitted.seconds
+        result = StageResult(
+            stage=index + 1,
+            speedup=report.speedup,
+            target_speedup=stage.speedup,
+            macs=report.macs,
+            params=report.params,
+            val_acc_after_prune=acc_pruned,
+            val_acc=acc,
+            val_loss=loss,
+            epochs=stage.epochs,
+            epochs_used=state.epochs_used,
+            train_seconds=state.train_seconds,
+            prune_seconds=report.seconds,
+            completed=index + 1 == len(schedule.stages),
+            widths=report.widths_after,
+            narrowest=report.narrowest,
+        )
+        results.append(result)
+        if on_stage is not None:
+            on_stage(result, model, state)
+    return results

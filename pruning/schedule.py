@@ -1,0 +1,308 @@
+"""Pruning schedules as data: frozen, validated dataclasses and their versioned file format.
+
+A schedule file is the export format of a search and the input of `prunetune replay`:
+
+    format: prunetune.schedule
+    version: 1
+    schedule: {target_speedup, importance, ranking, min_channels, min_channel_ratio,
+               sparse, training, stages: [{speedup, epochs, lr, lr_schedule}, ...]}
+    run: {model: {...}, data: {...}, seed, checkpoint}     # optional: where it was run
+
+Speed-ups are MACs ratios against the unpruned model and are cumulative: a stage's `speedup` is
+what the model reaches at the end of that stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pruning.importance import IMPORTANCE_FACTORIES
+from pruning.validate import build_dataclass, number_in, positive_int, require
+
+FORMAT = "prunetune.schedule"
+VERSION = 1
+IMPORTANCES = tuple(IMPORTANCE_FACTORIES)
+RANKINGS = ("global", "local")
+LR_SCHEDULES = ("step", "cosine", "constant")
+MAX_SPEEDUP = 1000.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    speedup: float  # cumulative MACs ratio vs. the unpruned model, reached at the end of the stage
+    epochs: int  # fine-tune epochs after pruning; 0 = prune only
+    lr: float = 0.01
+    lr_schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        number_in("stage.speedup", self.speedup, 1.0, MAX_SPEEDUP)
+        positive_int("stage.epochs", self.epochs)
+        number_in("stage.lr", self.lr, 0.0, 10.0)
+        require(
+            self.lr_schedule in LR_SCHEDULES,
+            "stage.lr_schedule",
+            self.lr_schedule,
+            f"it must be one of {', '.join(LR_SCHEDULES)}",
+        )
+
+
+@dataclass(frozen=True)
+class SparseTraining:
+    """Group-sparsity training before the first prune (the paper's 'group_sl')."""
+
+    epochs: int
+    reg: float = 5e-4
+    lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        positive_int("sparse.epochs", self.epochs, minimum=1)
+        number_in("sparse.reg", self.reg, 0.0, 1.0)
+        number_in("sparse.lr", self.lr, 0.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Training:
+    """Optimiser settings shared by every fine-tune stage (the paper's recipe by default)."""
+
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        positive_int("training.batch_size", self.batch_size, minimum=1)
+        number_in("training.momentum", self.momentum, 0.0, 0.999, low_open=False)
+        number_in("training.weight_decay", self.weight_decay, 0.0, 1.0, low_open=False)
+        require(
+            isinstance(self.nesterov, bool),
+            "training.nesterov",
+            self.nesterov,
+            "it must be true or false",
+        )
+        number_in("training.label_smoothing", self.label_smoothing, 0.0, 0.5, low_open=False)
+        require(
+            not self.nesterov or self.momentum > 0,
+            "training.nesterov",
+            self.nesterov,
+            "nesterov needs momentum > 0",
+        )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    target_speedup: float
+    stages: tuple[Stage, ...]
+    importance: str = "group_norm"
+    ranking: str = "global"
+    # Per-layer floor: a layer keeps at least max(min_channels, ceil(min_channel_ratio * C0))
+    # channels (never more than its original C0). Torch-Pruning has none; without it global
+    # ranking cuts VGG19's first convolutions to 1-4 channels.
+    min_channels: int = 4
+    min_channel_ratio: float = 0.1
+    sparse: SparseTraining | None = None
+    training: Training = field(default_factory=Training)
+
+    def __post_init__(self) -> None:
+        number_in("target_speedup", self.target_speedup, 1.0, MAX_SPEEDUP)
+        require(
+            self.importance in IMPORTANCES,
+            "importance",
+            self.importance,
+            f"it must be one of {', '.join(IMPORTANCES)}",
+        )
+        require(
+            self.ranking in RANKINGS,
+            "ranking",
+            self.ranking,
+            f"it must be one of {', '.join(RANKINGS)}",
+        )
+        positive_int("min_channels", self.min_channels, minimum=1)
+        number_in("min_channel_ratio", self.min_channel_ratio, 0.0, 1.0, low_open=False)
+        require(
+            isinstance(self.stages, tuple) and len(self.stages) > 0,
+            "stages",
+            self.stages,
+            "a schedule needs at least one stage (a non-empty tuple)",
+        )
+        require(
+            all(isinstance(s, Stage) for s in self.stages),
+            "stages",
+            self.stages,
+            "every entry must be a Stage",
+        )
+        for i in range(1, len(self.stages)):
+            prev, cur = self.stages[i - 1].speedup, self.stages[i].speedup
+            require(
+                cur > prev,
+                f"stages[{i}].speedup",
+                cur,
+                f"speed-ups are cumulative and must increase (stage {i - 1} reaches {prev})",
+            )
+        last = self.stages[-1].speedup
+        require(
+            math.isclose(last, self.target_speedup, rel_tol=1e-9),
+            "stages[-1].speedup",
+            last,
+            f"the last stage must end on target_speedup={self.target_speedup}",
+        )
+        # The floor alone caps the reachable speed-up at about 1 / ratio^2 (MACs of a conv
+        # scale with in*out channels); reject schedules that cannot possibly land.
+        if self.min_channel_ratio > 0:
+            cap = 1.0 / self.min_channel_ratio**2
+            require(
+                cap >= self.target_speedup,
+                "min_channel_ratio",
+                self.min_channel_ratio,
+                f"a floor of {self.min_channel_ratio:.3g} x channels caps the speed-up near "
+                f"{cap:.3g}x, below target_speedup={self.target_speedup}; lower it",
+            )
+
+    @property
+    def total_epochs(self) -> int:
+        sparse = self.sparse.epochs if self.sparse else 0
+        return sparse + sum(s.epochs for s in self.stages)
+
+    def summary(self) -> str:
+        steps = " -> ".join(f"{s.speedup:.3g}x/{s.epochs}ep@{s.lr:g}" for s in self.stages)
+        sparse = f"sparse {self.sparse.epochs}ep, " if self.sparse else ""
+        return f"{self.importance}/{self.ranking}, {sparse}{steps}"
+
+
+# ---------------------------------------------------------------- builders
+
+
+def one_shot(
+    target: float, epochs: int, lr: float = 0.01, lr_schedule: str = "step", **kwargs: Any
+) -> Schedule:
+    """Torch-Pruning's recipe: prune once to the target, then fine-tune."""
+    return Schedule(target, (Stage(target, epochs, lr, lr_schedule),), **kwargs)
+
+
+def log_equal(
+    target: float,
+    n_stages: int,
+    epochs_per_stage: int,
+    lr: float = 0.01,
+    lr_schedule: str = "cosine",
+    **kwargs: Any,
+) -> Schedule:
+    """N stages, each taking the same speed-up factor: target^(1/N) per stage."""
+    positive_int("n_stages", n_stages, minimum=1)
+    speedups = [target ** ((i + 1) / n_stages) for i in range(n_stages)]
+    speedups[-1] = target
+    stages = tuple(Stage(s, epochs_per_stage, lr, lr_schedule) for s in speedups)
+    return Schedule(target, stages, **kwargs)
+
+
+def geometric(
+    target: float,
+    n_stages: int,
+    epochs_per_stage: int,
+    decay: float = 0.5,
+    lr: float = 0.01,
+    lr_schedule: str = "cosine",
+    **kwargs: Any,
+) -> Schedule:
+    """N stages whose log-speed-up shrinks by `decay` each stage: big cut first, then refine."""
+    positive_int("n_stages", n_stages, minimum=1)
+    number_in("decay", decay, 0.0, 10.0)
+    weights = [decay**i for i in range(n_stages)]
+    total, acc, speedups = sum(weights), 0.0, []
+    for w in weights:
+        acc += w
+        speedups.append(target ** (acc / total))
+    speedups[-1] = target
+    stages = tuple(Stage(s, epochs_per_stage, lr, lr_schedule) for s in speedups)
+    return Schedule(target, stages, **kwargs)
+
+
+# ---------------------------------------------------------------- file format
+
+
+def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
+    return dataclasses.asdict(schedule) | {
+        "stages": [dataclasses.asdict(s) for s in schedule.stages]
+    }
+
+
+def schedule_from_dict(data: Any) -> Schedule:
+    if not isinstance(data, dict):
+        raise ValueError(f"schedule must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    stages = data.pop("stages", None)
+    if not isinstance(stages, list):
+        raise ValueError(f"stages={stages!r} is invalid: it must be a list of stage mappings")
+    data["stages"] = tuple(build_dataclass(Stage, s, f"stages[{i}]") for i, s in enumerate(stages))
+    if data.get("sparse") is not None:
+        data["sparse"] = build_dataclass(SparseTraining, data["sparse"], "sparse")
+    if "training" in data:
+        data["training"] = build_dataclass(Training, data["training"], "training")
+    return build_dataclass(Schedule, data, "schedule")
+
+
+def dump_document(schedule: Schedule, run: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "schedule": schedule_to_dict(schedule),
+    }
+    if run:
+        doc["run"] = run
+    return doc
+
+
+def save(path: str | Path, schedule: Schedule, run: dict[str, Any] | None = None) -> Path:
+    """Write YAML (or JSON when the suffix is .json)."""
+    path = Path(path)
+    doc = dump_document(schedule, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    else:
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def parse_document(doc: Any, source: str = "<document>") -> tuple[Schedule, dict[str, Any]]:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{source} is not a prunetune schedule: expected 'format: {FORMAT}'")
+    version = doc.get("version")
+    if version != VERSION:
+        raise ValueError(
+            f"{source} has schedule format version {version!r}; "
+            f"this prunetune reads version {VERSION}"
+        )
+    unknown = sorted(set(doc) - {"format", "version", "schedule", "run"})
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level key(s) {unknown}")
+    try:
+        schedule = schedule_from_dict(doc.get("schedule"))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from err
+    run = doc.get("run") or {}
+    if not isinstance(run, dict):
+        raise ValueError(f"{source}: 'run' must be a mapping")
+    return schedule, run
+
+
+def load(path: str | Path) -> tuple[Schedule, dict[str, Any]]:
+    """Read a schedule file; returns the schedule and its optional `run` section."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"schedule file {path} does not exist")
+    text = path.read_text()
+    try:
+        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}"
+        ) from err
+    return parse_document(doc, str(path))

@@ -1,0 +1,42 @@
+"""Small validators shared by the config dataclasses: errors name the field, value and range."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any
+
+
+def require(ok: bool, name: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: {allowed}")
+
+
+def positive_int(name: str, value: object, minimum: int = 0) -> None:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    require(is_int and value >= minimum, name, value, f"it must be an integer >= {minimum}")
+
+
+def number_in(name: str, value: object, low: float, high: float, low_open: bool = True) -> None:
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_num and math.isfinite(value) and value <= high  # type: ignore[arg-type]
+    ok = ok and (value > low if low_open else value >= low)  # type: ignore[operator]
+    bracket = "(" if low_open else "["
+    require(ok, name, value, f"it must be a number in {bracket}{low}, {high}]")
+
+
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """cls(**data), rejecting unknown keys with the closest valid one as a suggestion."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{where}: unknown key {key!r}; {hint}valid keys: {', '.join(names)}")
+    try:
+        return cls(**data)
+    except TypeError as err:  # a required field is missing
+        raise ValueError(f"{where}: {err}") from None

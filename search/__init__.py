@@ -1,0 +1,1 @@
+"""The search over pruning schedules and the `prunetune` command line."""

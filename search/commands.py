@@ -1,0 +1,191 @@
+"""What each `prunetune` subcommand does; cli.py only parses arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from pruning import schedule as schedule_io
+from pruning.data import DataSpec, load_dataset
+from pruning.devices import resolve_device
+from pruning.models import load_checkpoint, load_vgg19, vgg19
+from pruning.pretrain import load_pretrain_config
+from pruning.pretrain import pretrain as run_pretrain
+from pruning.prune import prune_to_speedup
+from pruning.replay import replay as run_replay
+from pruning.replay import run_section
+from pruning.runner import StageResult
+from pruning.train import evaluate
+from search.progress import EpochBar
+
+
+def say(text: str) -> None:
+    tqdm.write(text, file=sys.stderr)  # prints above an open progress bar, not through it
+
+
+def data_spec(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpec | None:
+    """--data NAME[:ROOT] and friends on top of `base` (a file's data section)."""
+    if args.data is None and base is None:
+        return None
+    spec = base or DataSpec()
+    if args.data is not None:
+        name, _, root = args.data.partition(":")
+        spec = replace(spec, name=name, root=str(Path(root).expanduser()) if root else None)
+    changes: dict[str, Any] = {}
+    if args.train_subset is not None:
+        changes["train_subset"] = args.train_subset
+    if args.val_size is not None:
+        changes["val_size"] = args.val_size
+    if args.download:
+        changes["download"] = True
+    return replace(spec, **changes)
+
+
+def _model_for_prune(args: argparse.Namespace) -> torch.nn.Module:
+    if args.checkpoint is None:
+        return vgg19(num_classes=args.num_classes or 100, width=args.width or 1.0)
+    if args.width is None and args.num_classes is None:
+        return load_vgg19(args.checkpoint)
+    return load_checkpoint(vgg19(args.num_classes or 100, args.width or 1.0), args.checkpoint)
+
+
+def prune(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    model = _model_for_prune(args).eval()
+    spec = data_spec(args)
+    data = load_dataset(spec, device) if spec else None
+    result: dict[str, Any] = {}
+    if data is not None:
+        say(f"data: {data.description}")
+        result["val_acc_before"], _ = evaluate(model, data.val, data.mean, data.std, device)
+    report = prune_to_speedup(
+        model.cpu(),
+        torch.zeros(1, 3, 32, 32),
+        args.speedup,
+        importance=args.importance,
+        ranking=args.ranking,
+        min_channels=args.min_channels,
+        min_channel_ratio=args.min_channel_ratio,
+    )
+    if data is not None:
+        result["val_acc_after_prune"], _ = evaluate(model, data.val, data.mean, data.std, device)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.out)
+    result |= {
+        "base_macs": report.base_macs,
+        "macs": report.macs,
+        "params": report.params,
+        "params_before": report.params_before,
+        "speedup": report.speedup,
+        "target_speedup": report.target_speedup,
+        "widths": report.widths_after,
+        "widths_before": report.widths_before,
+        "narrowest": report.narrowest,
+        "seconds": report.seconds,
+    }
+    if not args.json:
+        print(format_prune_report(result))
+    return result
+
+
+def format_prune_report(r: dict[str, Any]) -> str:
+    lines = [f"{'layer':<12} {'before':>7} {'after':>7} {'kept':>6}"]
+    for name, before in r["widths_before"].items():
+        after = r["widths"][name]
+        mark = "  <- narrowest" if name == r["narrowest"] else ""
+        lines.append(f"{name:<12} {before:>7} {after:>7} {after / before:>6.1%}{mark}")
+    lines += [
+        f"MACs    {r['base_macs'] / 1e6:9.2f}M -> {r['macs'] / 1e6:.2f}M  "
+        f"speed-up {r['speedup']:.3f}x (target {r['target_speedup']:.3f}x)",
+        f"params  {r['params_before'] / 1e6:9.3f}M -> {r['params'] / 1e6:.3f}M",
+        f"pruned in {r['seconds']:.2f} s",
+    ]
+    if "val_acc_before" in r:
+        lines.append(
+            f"val acc {r['val_acc_before']:.2%} before -> "
+            f"{r['val_acc_after_prune']:.2%} right after pruning (no fine-tune)"
+        )
+    return "\n".join(lines)
+
+
+def pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_pretrain_config(args.config, args.overrides)
+    say(f"pretraining VGG19 x{config.width} for {config.epochs} epochs -> {config.out}")
+    bar = EpochBar([("pretrain", config.epochs)])
+    try:
+        metrics = run_pretrain(config, on_epoch=bar)
+    finally:
+        bar.close()
+    say(f"data: {metrics['data']}")
+    say(
+        f"best val acc {metrics['val_acc']:.2%} at epoch {metrics['best_epoch']}; "
+        f"{metrics['images_per_second']:.0f} img/s; checkpoint {metrics['checkpoint']}"
+    )
+    return metrics
+
+
+def _replay_model(
+    args: argparse.Namespace, run: dict[str, Any], num_classes: int
+) -> tuple[torch.nn.Module, str | None]:
+    checkpoint = args.checkpoint or run.get("checkpoint")
+    if checkpoint:
+        path = Path(checkpoint).expanduser().resolve()
+        return load_vgg19(path), str(path)
+    width = args.width or run.get("model", {}).get("width", 1.0)
+    say(
+        f"warning: no checkpoint given; replaying on a random-init VGG19 x{width} "
+        "(accuracies show the mechanics, not a real recovery)"
+    )
+    return vgg19(num_classes=num_classes, width=width), None
+
+
+def replay(args: argparse.Namespace) -> dict[str, Any]:
+    schedule, run = schedule_io.load(args.schedule)
+    device = resolve_device(args.device)
+    base_spec = DataSpec(**run["data"]) if run.get("data") else DataSpec()
+    spec = data_spec(args, base_spec)
+    assert spec is not None
+    seed = args.seed if args.seed is not None else int(run.get("seed", 0))
+    data = load_dataset(spec, device)
+    model, checkpoint = _replay_model(args, run, data.num_classes)
+    width = float(run.get("model", {}).get("width", args.width or 1.0))
+    out = (args.out or Path("runs/replay") / args.schedule.stem).expanduser().resolve()
+    say(f"data: {data.description}")
+    say(f"schedule: {schedule.summary()} -> {out}")
+    phases = [("sparse training", schedule.sparse.epochs if schedule.sparse else 0)]
+    phases += [(f"stage {i + 1} fine-tune", s.epochs) for i, s in enumerate(schedule.stages)]
+    bar = EpochBar(phases)
+
+    def show(r: StageResult) -> None:
+        say(
+            f"stage {r.stage}/{len(schedule.stages)}: {r.speedup:.3f}x  "
+            f"MACs {r.macs / 1e6:.2f}M  params {r.params / 1e6:.3f}M  "
+            f"val acc after prune {r.val_acc_after_prune:.2%} -> after fine-tune {r.val_acc:.2%}"
+        )
+
+    try:
+        metrics = run_replay(
+            schedule,
+            model,
+            data,
+            out=out,
+            device=device,
+            seed=seed,
+            run=run_section(spec, width, data.num_classes, seed, checkpoint),
+            on_stage=show,
+            on_epoch=bar,
+        )
+    finally:
+        bar.close()
+    say(
+        f"baseline val acc {metrics['base_val_acc']:.2%}; final {metrics['val_acc']:.2%} at "
+        f"{metrics['speedup']:.3f}x in {metrics['wall_seconds']:.0f} s; wrote {out}"
+    )
+    return metrics | {"out": str(out), "data_spec": asdict(spec)}

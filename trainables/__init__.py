@@ -1,0 +1,1 @@
+"""The Ray boundary: trial config -> Schedule -> stages -> tune.report (next issue)."""
