@@ -47,6 +47,15 @@ def data_spec(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpe
     return replace(spec, **changes)
 
 
+def check_classes(model: torch.nn.Module, num_classes: int, data: str) -> None:
+    outputs = model.classifier.out_features
+    if outputs != num_classes:
+        raise ValueError(
+            f"the model predicts {outputs} classes but the data has {num_classes} "
+            f"({data}); pass a checkpoint trained on this data or other --data"
+        )
+
+
 def _model_for_prune(args: argparse.Namespace) -> torch.nn.Module:
     if args.checkpoint is None:
         return vgg19(num_classes=args.num_classes or 100, width=args.width or 1.0)
@@ -63,6 +72,7 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if data is not None:
         say(f"data: {data.description}")
+        check_classes(model, data.num_classes, data.description)
         result["val_acc_before"], _ = evaluate(model, data.val, data.mean, data.std, device)
     report = prune_to_speedup(
         model.cpu(),
@@ -155,6 +165,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     seed = args.seed if args.seed is not None else int(run.get("seed", 0))
     data = load_dataset(spec, device)
     model, checkpoint = _replay_model(args, run, data.num_classes)
+    check_classes(model, data.num_classes, data.description)
     width = float(run.get("model", {}).get("width", args.width or 1.0))
     out = (args.out or Path("runs/replay") / args.schedule.stem).expanduser().resolve()
     say(f"data: {data.description}")

@@ -107,7 +107,7 @@ def _dump_py2(obj: object, path: Path) -> None:
 def _cifar_batch(rng: np.random.Generator, n: int, cifar100: bool, used: int) -> dict:
     labels = [i % used for i in range(n)]
     batch = {
-        "batch_label": "tiny batch",
+        "batch_label": _Py2Str("tiny batch"),
         "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),  # (N, 3*32*32), planes R, G, B
         "filenames": [_Py2Str(f"img_{i}.png") for i in range(n)],
     }
