@@ -11,10 +11,12 @@ if [ -f "$tarball" ]; then
     echo "unpacking the real CIFAR-10 training JPEGs to $root (once)" >&2
     mkdir -p "$root" && tar -xzf "$tarball" -C "$root"
   fi
+  echo "demo data: the real CIFAR-10 training split (JPEG copy) in $root" >&2
   data_args=(data.name=imagefolder "data.root=$root")
   replay_data="imagefolder:$root"
 else
-  echo "no CIFAR data found at $tarball and no network: the demo uses generated data" >&2
+  echo "no CIFAR-10 copy at $tarball: the demo uses GENERATED data, not real images" >&2
+  echo "(pass SHARED_CIFAR10=/path/to/cifar10-train-jpeg.tar.gz to use real images)" >&2
   data_args=(data.name=synthetic)
   replay_data="synthetic"
 fi
