@@ -12,7 +12,12 @@ from typing import Any
 
 from search import commands
 
+SEARCH_COMMANDS = ("search", "pareto", "export")
+
 EPILOG = """examples:
+  prunetune search experiments/demo_search.yaml num_trials=4
+  prunetune pareto experiments/demo_search.yaml
+  prunetune export experiments/demo_search.yaml --pick knee --out runs/demo/export
   prunetune prune --speedup 8.84 --width 0.25 --num-classes 10
   prunetune pretrain experiments/demo.yaml epochs=3
   prunetune replay experiments/demo_schedule.yaml --checkpoint runs/demo/baseline/baseline.pt
@@ -107,13 +112,65 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.add_argument("--device", default="auto")
     _add_data_args(p)
+    _add_search_commands(sub)
     return parser
+
+
+def _add_search_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search pruning schedules with Ray Tune, tracked in MLflow",
+        description="Run a distributed search over pruning schedules described by "
+        "an experiment YAML. Without an address a local Ray cluster "
+        "starts; without a tracking URI MLflow uses sqlite under the "
+        "experiment's output folder.",
+        epilog="example: prunetune search experiments/demo_search.yaml "
+        "num_trials=6 --mlflow-uri http://127.0.0.1:5000",
+    )
+    p.add_argument("config", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. num_trials=4")
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite in the out folder)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and search space, then exit",
+    )
+    p.add_argument("--json", action="store_true", help="print the front as JSON at the end")
+
+    for name, text in (
+        ("pareto", "print the Pareto front of a search and tag it in MLflow"),
+        ("export", "export one trial's schedule and weights for replay"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text + ". EXPERIMENT is the experiment "
+            "YAML, or an MLflow experiment name together with --mlflow-uri.",
+            epilog=f"example: prunetune {name} experiments/demo_search.yaml"
+            + (" --pick knee --out runs/demo/export" if name == "export" else " --json"),
+        )
+        p.add_argument("experiment")
+        p.add_argument("--mlflow-uri", help="tracking URI (default: the config's)")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        if name == "export":
+            p.add_argument(
+                "--pick",
+                default="knee",
+                help="max-acc, knee (default) or max-acc-under-cost=EPOCHS",
+            )
+            p.add_argument("--out", type=Path, required=True, help="folder to write")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result: Any = getattr(commands, args.command)(args)
+        if args.command in SEARCH_COMMANDS:  # Ray/MLflow imports cost seconds: only when needed
+            from search import search_commands as module
+        else:
+            module = commands
+        result: Any = getattr(module, args.command)(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -132,3 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,245 @@
+"""The experiment config: one validated YAML file per search (`experiments/*.yaml`).
+
+Everything is checked before Ray starts: unknown keys (with the closest valid key suggested),
+wrong types and impossible values are errors that name the key. `resolve()` makes every path
+absolute and fills the embedded defaults (local Ray, sqlite MLflow under the output folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pruning.data import DataSpec
+from pruning.importance import IMPORTANCE_FACTORIES
+from pruning.pretrain import apply_overrides
+from pruning.schedule import LR_SCHEDULES, MAX_SPEEDUP, RANKINGS, Training
+from pruning.validate import build_dataclass, number_in, positive_int, require
+
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+def _choices(name: str, values: Any, allowed: tuple[str, ...] | None = None) -> None:
+    require(isinstance(values, tuple) and len(values) > 0, name, values, "a non-empty list")
+    if allowed is not None:
+        bad = [v for v in values if v not in allowed]
+        require(not bad, name, values, f"unknown {bad}; valid: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The schedules a search may draw. Every point ends exactly on the target speed-up."""
+
+    max_stages: int = 3
+    total_epochs: tuple[int, ...] = (2, 4, 6)  # the cost axis: fine-tune epochs per trial
+    lr_min: float = 1e-3
+    lr_max: float = 0.05
+    lr_schedules: tuple[str, ...] = ("cosine", "step")
+    importances: tuple[str, ...] = ("group_norm", "lamp")
+    rankings: tuple[str, ...] = ("global",)
+    min_channel_ratios: tuple[float, ...] = (0.0, 0.05, 0.1)
+    sparse_epochs: tuple[int, ...] = (0,)  # 0: no sparse-training phase
+    sparse_reg: float = 5e-4
+
+    def __post_init__(self) -> None:
+        positive_int("space.max_stages", self.max_stages, minimum=1)
+        _choices("space.total_epochs", self.total_epochs)
+        for e in self.total_epochs:
+            positive_int("space.total_epochs[]", e, minimum=1)
+        number_in("space.lr_min", self.lr_min, 0.0, 10.0)
+        number_in("space.lr_max", self.lr_max, self.lr_min, 10.0, low_open=False)
+        _choices("space.lr_schedules", self.lr_schedules, LR_SCHEDULES)
+        _choices("space.importances", self.importances, tuple(IMPORTANCE_FACTORIES))
+        _choices("space.rankings", self.rankings, RANKINGS)
+        _choices("space.min_channel_ratios", self.min_channel_ratios)
+        for r in self.min_channel_ratios:
+            number_in("space.min_channel_ratios[]", r, 0.0, 1.0, low_open=False)
+        _choices("space.sparse_epochs", self.sparse_epochs)
+        for e in self.sparse_epochs:
+            positive_int("space.sparse_epochs[]", e)
+        number_in("space.sparse_reg", self.sparse_reg, 0.0, 1.0)
+
+    @property
+    def budget(self) -> int:
+        """Most epochs a trial can spend (sparse training included): ASHA's max_t."""
+        return max(self.total_epochs) + max(self.sparse_epochs)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """A baseline checkpoint, or (when none) pretraining settings used once before the search."""
+
+    checkpoint: str | None = None
+    pretrain_epochs: int = 6
+    pretrain_lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        positive_int("baseline.pretrain_epochs", self.pretrain_epochs, minimum=1)
+        number_in("baseline.pretrain_lr", self.pretrain_lr, 0.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0  # fractions share one card with no memory isolation
+
+    def __post_init__(self) -> None:
+        number_in("resources.cpu", self.cpu, 0.0, 1024.0)
+        number_in("resources.gpu", self.gpu, 0.0, 64.0, low_open=False)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str | None = None  # None: sqlite database under the output folder
+    experiment: str | None = None  # None: the experiment's name
+
+
+@dataclass(frozen=True)
+class AshaConfig:
+    enabled: bool = False
+    grace_epochs: int = 1
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.enabled, bool), "asha.enabled", self.enabled, "true or false")
+        positive_int("asha.grace_epochs", self.grace_epochs, minimum=1)
+        positive_int("asha.reduction_factor", self.reduction_factor, minimum=2)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    target_speedup: float = 8.84
+    data: DataSpec = field(default_factory=DataSpec)
+    width: float = 1.0
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    training: Training = field(default_factory=Training)
+    reference_trial: bool = True  # Torch-Pruning's recipe as the first trial
+    sampler: str = "tpe"
+    seed: int = 0
+    num_trials: int = 8
+    max_concurrent: int = 2
+    resources: Resources = field(default_factory=Resources)
+    max_failures: int = 0
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    ray_address: str | None = None  # None: start a local Ray cluster
+    storage_path: str | None = None  # None: <out>/ray
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    out: str | None = None  # None: runs/<name>
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.name, str) and self.name.replace("-", "").replace("_", "").isalnum(),
+            "name",
+            self.name,
+            "letters, digits, '-' and '_' only",
+        )
+        number_in("target_speedup", self.target_speedup, 1.0, MAX_SPEEDUP)
+        number_in("width", self.width, 0.0, 4.0)
+        require(self.sampler in SAMPLERS, "sampler", self.sampler, f"one of {', '.join(SAMPLERS)}")
+        positive_int("seed", self.seed)
+        positive_int("num_trials", self.num_trials, minimum=1)
+        positive_int("max_concurrent", self.max_concurrent, minimum=1)
+        positive_int("max_failures", self.max_failures)
+        if max(self.space.min_channel_ratios) > 0:
+            cap = 1.0 / max(self.space.min_channel_ratios) ** 2
+            require(
+                cap >= self.target_speedup,
+                "space.min_channel_ratios",
+                self.space.min_channel_ratios,
+                f"a floor of {max(self.space.min_channel_ratios)} caps the speed-up near "
+                f"{cap:.3g}x, below target_speedup={self.target_speedup}",
+            )
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.name}").expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.out_dir / 'mlflow.db'}"
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    @property
+    def storage(self) -> Path:
+        return Path(self.storage_path or self.out_dir / "ray").expanduser().resolve()
+
+    def resolve(self) -> ExperimentConfig:
+        """Every path absolute, so trials (which run in their own folders) find them."""
+
+        def absolute(p: str | None) -> str | None:
+            return str(Path(p).expanduser().resolve()) if p else p
+
+        data = dataclasses.replace(self.data, root=absolute(self.data.root))
+        baseline = dataclasses.replace(self.baseline, checkpoint=absolute(self.baseline.checkpoint))
+        return dataclasses.replace(
+            self,
+            data=data,
+            baseline=baseline,
+            out=str(self.out_dir),
+            storage_path=str(self.storage),
+        )
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataSpec,
+    "baseline": BaselineConfig,
+    "space": SpaceConfig,
+    "training": Training,
+    "resources": Resources,
+    "mlflow": MlflowConfig,
+    "asha": AshaConfig,
+}
+_LISTS = {f.name for f in dataclasses.fields(SpaceConfig) if "tuple" in str(f.type)}
+
+
+def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source} must hold a mapping of settings")
+    raw = dict(raw)
+    try:
+        for key, cls in _SECTIONS.items():
+            section = raw.get(key) or {}
+            if key == "space" and isinstance(section, dict):
+                section = {
+                    k: tuple(v) if k in _LISTS and isinstance(v, list) else v
+                    for k, v in section.items()
+                }
+            raw[key] = build_dataclass(cls, section, key)
+        return build_dataclass(ExperimentConfig, raw, "experiment")
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    raw = apply_overrides(raw, list(overrides)) if isinstance(raw, dict) else raw
+    return config_from_dict(raw, str(path)).resolve()
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """Plain data (lists, not tuples) for YAML, MLflow params and the parent run's artifact."""
+    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(config))))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

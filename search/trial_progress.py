@@ -1,0 +1,52 @@
+"""One line per trial event on stderr: finished/running/failed counts and the best so far."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ray.tune import Callback
+
+
+class TrialProgress(Callback):
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.finished = self.failed = 0
+        self.best: tuple[float, float] | None = None  # (val_acc, cost) of completed trials
+
+    def _say(self, text: str, trials: list[Any]) -> None:
+        running = sum(t.status == "RUNNING" for t in trials)
+        best = (
+            f"best so far {self.best[0]:.2%} at {self.best[1]:g} epochs"
+            if self.best
+            else "no completed trial yet"
+        )
+        print(
+            f"[search] {text} | done {self.finished}/{self.total}, running {running}, "
+            f"failed {self.failed} | {best}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        self._say(
+            f"{trial.trial_id} stage {int(result.get('stage', 0))}: val acc "
+            f"{result.get('val_acc', float('nan')):.2%} at "
+            f"{result.get('speedup', float('nan')):.2f}x",
+            trials,
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.finished += 1
+        last = trial.last_result or {}
+        if last.get("completed"):
+            point = (float(last["val_acc"]), float(last["cost"]))
+            if self.best is None or point[0] > self.best[0]:
+                self.best = point
+        self._say(f"{trial.trial_id} finished", trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.failed += 1
+        self._say(f"{trial.trial_id} FAILED (see its MLflow run and Ray log)", trials)

@@ -1,0 +1,208 @@
+"""`prunetune search`: baseline, parent MLflow run, Ray Tune over schedules, Pareto at the end."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from pruning.models import read_state_dict
+from pruning.pretrain import PretrainConfig, pretrain
+from search.config import ExperimentConfig, config_to_dict
+from search.space import describe_space, make_searcher, param_space
+from search.trial_progress import TrialProgress
+from trainables import tracking
+from trainables.trial import TrialContext, run_trial
+
+PACKAGES = ("torch", "torchvision", "torch-pruning", "ray", "optuna", "mlflow")
+
+
+@dataclass
+class SearchOutcome:
+    parent_run_id: str
+    experiment_id: str
+    results: list[dict[str, Any]]  # one per trial: trial_id, config, metrics, error
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    return {f"version.{p}": md.version(p) for p in PACKAGES}
+
+
+def baseline_weights(config: ExperimentConfig) -> tuple[dict[str, Any], str]:
+    """The baseline state dict and its path; pretrains once when the config gives none."""
+    if config.baseline.checkpoint:
+        return read_state_dict(config.baseline.checkpoint), config.baseline.checkpoint
+    path = config.out_dir / "baseline" / "baseline.pt"
+    if not path.is_file():
+        say(
+            f"no baseline checkpoint given: pretraining VGG19 x{config.width} for "
+            f"{config.baseline.pretrain_epochs} epochs -> {path}"
+        )
+        metrics = pretrain(
+            PretrainConfig(
+                data=config.data,
+                width=config.width,
+                epochs=config.baseline.pretrain_epochs,
+                lr=config.baseline.pretrain_lr,
+                lr_schedule="cosine",
+                training=config.training,
+                seed=config.seed,
+                device=config.device,
+                out=str(path.parent),
+            )
+        )
+        say(f"baseline val acc {metrics['val_acc']:.2%} ({metrics['data']})")
+    return read_state_dict(path), str(path)
+
+
+def _state_file(config: ExperimentConfig) -> Path:
+    return config.out_dir / "search.json"
+
+
+def _parent_run(config: ExperimentConfig, resume: bool) -> tuple[str, str]:
+    uri = config.tracking_uri
+    experiment_id = tracking.ensure_experiment(
+        uri,
+        config.experiment_name,
+        None if uri.startswith("http") else (config.out_dir / "mlartifacts").as_uri(),
+    )
+    state = _state_file(config)
+    if resume and state.is_file():
+        saved = json.loads(state.read_text())
+        tracking.set_tags(uri, saved["parent_run_id"], {"resumed": "true"})
+        return saved["parent_run_id"], experiment_id
+    config_file = config.out_dir / "experiment.yaml"
+    config_file.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    space_file = config.out_dir / "search_space.json"
+    space_file.write_text(json.dumps(describe_space(config.space), indent=2))
+    parent = tracking.start_parent(
+        uri,
+        experiment_id,
+        f"search-{config.name}",
+        params={k: v for k, v in _flatten(config_to_dict(config)).items()},
+        tags={"git_commit": git_commit(), **versions()},
+        files=[config_file, space_file],
+    )
+    state.write_text(json.dumps({"parent_run_id": parent, "experiment_id": experiment_id}))
+    return parent, experiment_id
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat |= _flatten(v, f"{prefix}{k}.")
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _init_ray(config: ExperimentConfig) -> None:
+    if ray.is_initialized():
+        return
+    if config.ray_address:
+        ray.init(address=config.ray_address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+
+
+def _trainable(config: ExperimentConfig, context: TrialContext, baseline: dict[str, Any]) -> Any:
+    with_data = tune.with_parameters(run_trial, context=context, baseline=baseline)
+    return tune.with_resources(
+        with_data, {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    )
+
+
+def _tuner(config: ExperimentConfig, trainable: Any, resume: bool) -> tune.Tuner:
+    path = config.storage / config.name
+    if resume and tune.Tuner.can_restore(str(path)):
+        say(f"resuming the search in {path}")
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    scheduler = None
+    if config.asha.enabled:
+        scheduler = ASHAScheduler(
+            time_attr="epochs_used",
+            metric="val_acc",
+            mode="max",
+            max_t=config.space.budget,
+            grace_period=config.asha.grace_epochs,
+            reduction_factor=config.asha.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(config.space),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(config, f"sqlite:///{config.out_dir / 'optuna.db'}"),
+            scheduler=scheduler,
+            num_samples=config.num_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=config.name,
+            storage_path=str(config.storage),
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[TrialProgress(config.num_trials)],
+            verbose=0,
+        ),
+    )
+
+
+def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    tracking.check_reachable(config.tracking_uri)
+    baseline, baseline_path = baseline_weights(config)
+    parent, experiment_id = _parent_run(config, resume)
+    say(
+        f"search {config.name}: {config.num_trials} trials, MLflow {config.tracking_uri} "
+        f"(parent run {parent})"
+    )
+    context = TrialContext(
+        target_speedup=config.target_speedup,
+        training=config.training,
+        sparse_reg=config.space.sparse_reg,
+        data=config.data,
+        width=config.width,
+        seed=config.seed,
+        tracking_uri=config.tracking_uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        baseline_path=baseline_path,
+    )
+    _init_ray(config)
+    grid = _tuner(config, _trainable(config, context, baseline), resume).fit()
+    results = [
+        {
+            "trial_id": r.metrics.get("trial_id") if r.metrics else None,
+            "config": r.config,
+            "metrics": r.metrics or {},
+            "error": str(r.error) if r.error else None,
+        }
+        for r in grid
+    ]
+    return SearchOutcome(parent, experiment_id, results)
