@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--width", type=float, help="width of a random-init model when no checkpoint")
     p.add_argument("--seed", type=int, help="default: the file's run.seed, else 0")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: the file's run.threads)"
+    )
     p.add_argument("--out", type=Path, help="output folder (default runs/replay/<schedule name>)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.add_argument("--device", default="auto")

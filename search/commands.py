@@ -163,6 +163,11 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     spec = data_spec(args, base_spec)
     assert spec is not None
     seed = args.seed if args.seed is not None else int(run.get("seed", 0))
+    # A trial's weights depend on the thread count (gradient sums reduce in a different order),
+    # so a replay uses the one its trial ran with unless told otherwise.
+    threads = args.threads or run.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
     data = load_dataset(spec, device)
     model, checkpoint = _replay_model(args, run, data.num_classes)
     check_classes(model, data.num_classes, data.description)
@@ -189,7 +194,8 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
             out=out,
             device=device,
             seed=seed,
-            run=run_section(spec, width, data.num_classes, seed, checkpoint),
+            run=run_section(spec, width, data.num_classes, seed, checkpoint)
+            | {"threads": torch.get_num_threads()},
             on_stage=show,
             on_epoch=bar,
         )

@@ -120,6 +120,7 @@ class ExperimentConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     training: Training = field(default_factory=Training)
     reference_trial: bool = True  # Torch-Pruning's recipe as the first trial
+    points: tuple[dict[str, Any], ...] = ()  # known schedules to try first (trial-config keys)
     sampler: str = "tpe"
     seed: int = 0
     num_trials: int = 8
@@ -157,6 +158,9 @@ class ExperimentConfig:
                 f"{cap:.3g}x, below target_speedup={self.target_speedup}",
             )
 
+        if self.reference_trial:
+            _check_reference(self.space)
+
     @property
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.name}").expanduser().resolve()
@@ -190,6 +194,31 @@ class ExperimentConfig:
         )
 
 
+def _check_reference(space: SpaceConfig) -> None:
+    """The reference trial (one shot, group_norm, global, no floor, step LR 0.01) must be a
+    point of the space, or Optuna cannot be told its result."""
+    needs = {
+        "lr_schedules": "step",
+        "importances": "group_norm",
+        "rankings": "global",
+        "min_channel_ratios": 0.0,
+        "sparse_epochs": 0,
+    }
+    for key, value in needs.items():
+        require(
+            value in getattr(space, key),
+            f"space.{key}",
+            getattr(space, key),
+            f"reference_trial needs {value!r} in it (or set reference_trial: false)",
+        )
+    require(
+        space.lr_min <= 0.01 <= space.lr_max,
+        "space.lr_min/lr_max",
+        (space.lr_min, space.lr_max),
+        "reference_trial needs lr 0.01 inside the range",
+    )
+
+
 _SECTIONS: dict[str, type] = {
     "data": DataSpec,
     "baseline": BaselineConfig,
@@ -215,6 +244,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
                     for k, v in section.items()
                 }
             raw[key] = build_dataclass(cls, section, key)
+        raw["points"] = tuple(raw.get("points") or ())
         return build_dataclass(ExperimentConfig, raw, "experiment")
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None

@@ -65,8 +65,40 @@ def reference_point(config: ExperimentConfig) -> dict[str, Any]:
     return reference_config(config.space.max_stages, max(config.space.total_epochs))
 
 
+def known_points(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The reference recipe and the config's `points`, each completed from the reference."""
+    base = reference_point(config)
+    valid = set(param_space(config.space))
+    points = [base] if config.reference_trial else []
+    for i, point in enumerate(config.points):
+        if not isinstance(point, dict):
+            raise ValueError(f"points[{i}] must be a mapping of trial-config keys")
+        unknown = sorted(set(point) - valid)
+        if unknown:
+            raise ValueError(f"points[{i}]: unknown key(s) {unknown}; valid: {sorted(valid)}")
+        _check_in_space(config.space, base | point, f"points[{i}]")
+        points.append(base | point)
+    return points
+
+
+def _check_in_space(space: SpaceConfig, point: dict[str, Any], where: str) -> None:
+    choices = {
+        "total_epochs": space.total_epochs,
+        "lr_schedule": space.lr_schedules,
+        "importance": space.importances,
+        "ranking": space.rankings,
+        "min_channel_ratio": space.min_channel_ratios,
+        "sparse_epochs": space.sparse_epochs,
+    }
+    for key, allowed in choices.items():
+        if point[key] not in allowed:
+            raise ValueError(f"{where}: {key}={point[key]!r} is not in the space {list(allowed)}")
+    if not 1 <= point["n_stages"] <= space.max_stages:
+        raise ValueError(f"{where}: n_stages={point['n_stages']} is outside 1..{space.max_stages}")
+
+
 def make_searcher(config: ExperimentConfig, storage_url: str) -> ConcurrencyLimiter:
-    points = [reference_point(config)] if config.reference_trial else None
+    points = known_points(config) or None
     searcher = OptunaSearch(
         metric=list(OBJECTIVES),
         mode=list(OBJECTIVES.values()),

@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
 from search.config import ExperimentConfig, config_to_dict
-from search.space import describe_space, make_searcher, param_space
+from search.space import describe_space, known_points, make_searcher, param_space
 from search.trial_progress import TrialProgress
 from trainables import tracking
 from trainables.trial import TrialContext, run_trial
@@ -174,6 +174,7 @@ def _tuner(config: ExperimentConfig, trainable: Any, resume: bool) -> tune.Tuner
 
 
 def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
+    known_points(config)  # bad injected points fail here, before any compute
     config.out_dir.mkdir(parents=True, exist_ok=True)
     tracking.check_reachable(config.tracking_uri)
     baseline, baseline_path = baseline_weights(config)

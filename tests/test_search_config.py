@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pruning.schedule import Training
+from search.config import ExperimentConfig, SpaceConfig, config_from_dict, load_config
+from search.space import known_points, param_space
+from trainables.schedule_config import (
+    reference_config,
+    schedule_from_config,
+    split_epochs,
+    split_speedups,
+)
+
+BASE = {"name": "t", "data": {"name": "synthetic"}}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"num_trails": 3}, "did you mean 'num_trials'"),
+        ({"space": {"max_stage": 2}}, "did you mean 'max_stages'"),
+        ({"space": {"importances": ["l7"]}}, "space.importances"),
+        ({"space": {"total_epochs": []}}, "space.total_epochs"),
+        ({"space": {"lr_min": 0.1, "lr_max": 0.01}}, "space.lr_max"),
+        ({"num_trials": 0}, "num_trials"),
+        ({"sampler": "cmaes"}, "sampler"),
+        ({"resources": {"gpu": -1}}, "resources.gpu"),
+        ({"target_speedup": 0.9}, "target_speedup"),
+        ({"space": {"min_channel_ratios": [0.0, 0.5]}}, "caps the speed-up"),
+        ({"space": {"lr_schedules": ["cosine"]}}, "reference_trial needs 'step'"),
+        ({"data": {"name": "imagenet"}}, "DataSpec.name"),
+        ({"name": "a b"}, "name"),
+    ],
+)
+def test_config_errors_name_the_key(extra: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(BASE | extra, "exp.yaml")
+
+
+def test_defaults_resolve_to_absolute_paths(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(BASE | {"data": {"name": "imagefolder", "root": "imgs"}}))
+    config = load_config(path, ["num_trials=3", "space.max_stages=2"])
+    assert config.num_trials == 3 and config.space.max_stages == 2
+    assert config.out == str(tmp_path / "runs" / "t")
+    assert config.data.root == str(tmp_path / "imgs")
+    assert config.tracking_uri == f"sqlite:///{tmp_path / 'runs' / 't' / 'mlflow.db'}"
+    assert config.storage_path == str(tmp_path / "runs" / "t" / "ray")
+
+
+def test_shipped_configs_are_valid() -> None:
+    for name in ("experiments/demo_search.yaml", "experiments/vgg19_cifar100.yaml"):
+        config = load_config(name)
+        assert known_points(config)[0]["n_stages"] == 1
+
+
+@pytest.mark.parametrize("target, shares", [(8.84, [1.0]), (8.84, [0.2, 1.0, 0.5]), (2.0, [1, 1])])
+def test_speedup_split_is_increasing_and_exact(target, shares) -> None:
+    s = split_speedups(target, shares)
+    assert s[-1] == target and all(b > a for a, b in zip(s, s[1:], strict=False)) and s[0] > 1
+
+
+@pytest.mark.parametrize("total, shares", [(6, [1.0, 1.0, 1.0]), (5, [0.2, 1.0]), (1, [1, 1, 1])])
+def test_epoch_split_sums_to_the_budget(total, shares) -> None:
+    epochs = split_epochs(total, shares)
+    assert sum(epochs) == total and all(e >= 0 for e in epochs)
+
+
+def test_every_sampled_point_is_a_valid_schedule_on_target() -> None:
+    space = SpaceConfig(max_stages=3, total_epochs=(2, 4, 7))
+    params = param_space(space)
+    for _ in range(50):
+        point = {k: v.sample() for k, v in params.items()}
+        schedule = schedule_from_config(point, 8.84, Training(), 5e-4)
+        assert schedule.stages[-1].speedup == 8.84
+        assert schedule.total_epochs == point["total_epochs"]
+        assert len(schedule.stages) == point["n_stages"]
+
+
+def test_reference_point_is_torch_pruning_recipe() -> None:
+    schedule = schedule_from_config(reference_config(3, 6), 8.84, Training(), 5e-4)
+    assert len(schedule.stages) == 1 and schedule.stages[0].epochs == 6
+    assert schedule.importance == "group_norm" and schedule.min_channel_ratio == 0.0
+    assert schedule.stages[0].lr_schedule == "step" and schedule.stages[0].lr == 0.01
+
+
+def test_injected_points_are_checked_against_the_space() -> None:
+    config = ExperimentConfig(name="t", points=({"min_channel_ratio": 0.3},))
+    with pytest.raises(ValueError, match="points\\[0\\]: min_channel_ratio=0.3"):
+        known_points(config)
+    with pytest.raises(ValueError, match="unknown key"):
+        known_points(ExperimentConfig(name="t", points=({"lr": 0.1},)))
+    ok = known_points(ExperimentConfig(name="t", points=({"n_stages": 2},)))
+    assert [p["n_stages"] for p in ok] == [1, 2]

@@ -1,0 +1,125 @@
+"""A real search: local Ray cluster, sqlite MLflow, tiny VGG19 and generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+EXPERIMENT = {
+    "name": "e2e",
+    "target_speedup": 3.9,
+    "width": 0.125,
+    "data": {"name": "synthetic", "samples": 600, "num_classes": 4, "val_size": 0.2},
+    "baseline": {"pretrain_epochs": 2},
+    "space": {"max_stages": 2, "total_epochs": [1, 2], "min_channel_ratios": [0.0, 0.5]},
+    "training": {"batch_size": 64},
+    # A floor of half the channels cannot reach 3.9x on this model: that trial must fail alone.
+    "points": [{"min_channel_ratio": 0.5}, {"n_stages": 2, "total_epochs": 2}],
+    "num_trials": 4,
+    "max_concurrent": 2,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    config = out / "e2e.yaml"
+    config.write_text(yaml.safe_dump(EXPERIMENT | {"out": str(out / "run")}))
+    assert main(["search", str(config)]) == 0
+    uri = f"sqlite:///{out / 'run' / 'mlflow.db'}"
+    return config, uri, out
+
+
+def runs(uri: str) -> tuple[list, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("e2e")
+    all_runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in all_runs if r.data.tags.get("prunetune.role") == "search"]
+    trials = [r for r in all_runs if r.data.tags.get("prunetune.role") == "trial"]
+    return parents, trials
+
+
+def test_parent_and_child_runs(searched) -> None:
+    _, uri, _ = searched
+    parents, trials = runs(uri)
+    assert len(parents) == 1 and len(trials) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {"git_commit", "version.torch", "version.ray"} <= set(parent.data.tags)
+    assert parent.data.params["target_speedup"] == "3.9"
+    files = {f.path for f in MlflowClient(uri).list_artifacts(parent.info.run_id)}
+    assert {"experiment.yaml", "search_space.json", "pareto.json", "pareto.png"} <= files
+    assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
+    assert all({"node", "device"} <= set(t.data.tags) for t in trials)
+
+
+def test_failed_trial_is_failed_in_mlflow_and_the_rest_complete(searched) -> None:
+    _, uri, _ = searched
+    _, trials = runs(uri)
+    impossible = [t for t in trials if t.data.params["min_channel_ratio"] == "0.5"]
+    possible = [t for t in trials if t.data.params["min_channel_ratio"] == "0.0"]
+    assert impossible and len(possible) >= 2  # the injected failing point and the reference
+    for t in impossible:
+        assert t.info.status == "FAILED" and "unreachable" in t.data.tags["error"]
+    for t in possible:
+        assert t.info.status == "FINISHED" and t.data.metrics["completed"] == 1.0
+
+
+def test_per_stage_metrics_and_artifacts(searched) -> None:
+    _, uri, _ = searched
+    client = MlflowClient(uri)
+    _, trials = runs(uri)
+    two_stage = [
+        t for t in trials if t.data.params.get("n_stages") == "2" and t.info.status == "FINISHED"
+    ]
+    assert two_stage
+    history = client.get_metric_history(two_stage[0].info.run_id, "val_acc")
+    assert sorted(m.step for m in history) == [1, 2]
+    speedups = client.get_metric_history(two_stage[0].info.run_id, "speedup")
+    assert max(m.value for m in speedups) == pytest.approx(3.9, rel=0.01)
+    files = {f.path for f in client.list_artifacts(two_stage[0].info.run_id, "final")}
+    assert {"final/schedule.yaml", "final/pruned.pt", "final/widths.json"} <= files
+    for key in ("val_acc_after_prune", "macs", "params", "epochs_used", "train_seconds"):
+        assert key in two_stage[0].data.metrics
+
+
+def test_pareto_reads_back_and_tags_the_front(searched, capsys) -> None:
+    config, uri, _ = searched
+    assert main(["pareto", str(config), "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)["front"]
+    assert front and all(r["completed"] and r["status"] == "FINISHED" for r in front)
+    _, trials = runs(uri)
+    tagged = {t.info.run_id for t in trials if t.data.tags.get("pareto") == "true"}
+    assert tagged == {r["run_id"] for r in front}
+
+
+def test_export_then_replay_reproduces_the_trial(searched, capsys, tmp_path) -> None:
+    config, uri, _ = searched
+    out = tmp_path / "export"
+    assert main(["export", str(config), "--pick", "max-acc", "--out", str(out), "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert {"schedule.yaml", "pruned.pt", "metrics.json", "report.md"} <= {
+        p.name for p in out.iterdir()
+    }
+    threads = torch.get_num_threads()
+    try:
+        replayed = _replay(out / "schedule.yaml", tmp_path / "replay", capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert replayed["val_acc"] == pytest.approx(exported["val_acc"], abs=1e-9)
+    assert replayed["macs"] == exported["macs"]
+
+
+def _replay(schedule: Path, out: Path, capsys) -> dict:
+    assert main(["replay", str(schedule), "--out", str(out), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
