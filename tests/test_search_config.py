@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import yaml
 
@@ -60,7 +62,7 @@ def test_shipped_configs_are_valid() -> None:
 @pytest.mark.parametrize("target, shares", [(8.84, [1.0]), (8.84, [0.2, 1.0, 0.5]), (2.0, [1, 1])])
 def test_speedup_split_is_increasing_and_exact(target, shares) -> None:
     s = split_speedups(target, shares)
-    assert s[-1] == target and all(b > a for a, b in zip(s, s[1:], strict=False)) and s[0] > 1
+    assert s[-1] == target and all(b > a for a, b in itertools.pairwise(s)) and s[0] > 1
 
 
 @pytest.mark.parametrize("total, shares", [(6, [1.0, 1.0, 1.0]), (5, [0.2, 1.0]), (1, [1, 1, 1])])

@@ -104,7 +104,7 @@ def test_pareto_reads_back_and_tags_the_front(searched, capsys) -> None:
 
 
 def test_export_then_replay_reproduces_the_trial(searched, capsys, tmp_path) -> None:
-    config, uri, _ = searched
+    config, _, _ = searched
     out = tmp_path / "export"
     assert main(["export", str(config), "--pick", "max-acc", "--out", str(out), "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)
