@@ -92,7 +92,7 @@ def finish_search(config: ExperimentConfig, parent_id: str) -> dict[str, Any]:
 def _where(args: argparse.Namespace) -> tuple[str, str]:
     """EXPERIMENT is a config file (its MLflow settings) or an experiment name."""
     if Path(args.experiment).is_file():
-        config = load_config(args.experiment)
+        config = load_config(args.experiment, args.overrides)
         if args.mlflow_uri:
             config = dataclasses.replace(
                 config, mlflow=MlflowConfig(args.mlflow_uri, config.mlflow.experiment)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import json
 import subprocess
@@ -59,6 +60,9 @@ def baseline_weights(config: ExperimentConfig) -> tuple[dict[str, Any], str]:
     if config.baseline.checkpoint:
         return read_state_dict(config.baseline.checkpoint), config.baseline.checkpoint
     path = config.out_dir / "baseline" / "baseline.pt"
+    if path.is_file() and not _same_baseline(config, path.parent / "metrics.json"):
+        say(f"the baseline in {path.parent} was trained on other data or width: training again")
+        path.unlink()
     if not path.is_file():
         say(
             f"no baseline checkpoint given: pretraining VGG19 x{config.width} for "
@@ -79,6 +83,13 @@ def baseline_weights(config: ExperimentConfig) -> tuple[dict[str, Any], str]:
         )
         say(f"baseline val acc {metrics['val_acc']:.2%} ({metrics['data']})")
     return read_state_dict(path), str(path)
+
+
+def _same_baseline(config: ExperimentConfig, metrics_file: Path) -> bool:
+    if not metrics_file.is_file():
+        return False
+    saved = json.loads(metrics_file.read_text()).get("config", {})
+    return saved.get("data") == dataclasses.asdict(config.data) and saved.get("width") == config.width
 
 
 def _state_file(config: ExperimentConfig) -> Path:
