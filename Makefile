@@ -2,7 +2,8 @@
 # cached outside the clone, keyed by the dependency files, so a fresh clone reuses a venv that
 # an earlier clone on the same machine built; on a new machine it is built from nothing.
 PYTHON ?= python3
-DEPS_HASH := $(shell cat pyproject.toml requirements-torch.txt | sha256sum | cut -c1-16)
+# Keyed by the dependency lists only (not the tool settings in pyproject.toml).
+DEPS_HASH := $(shell $(PYTHON) experiments/deps_hash.py)
 VENV ?= $(HOME)/.cache/prunetune/venv-$(DEPS_HASH)
 BIN := $(VENV)/bin
 DEPS_STAMP := $(VENV)/.deps-installed
@@ -13,11 +14,17 @@ SHARED_CIFAR10 ?= $(abspath ../shared/data/cifar10-train-jpeg.tar.gz)
 DATA_CACHE ?= $(HOME)/.cache/prunetune-data
 DEMO_OUT ?= runs/demo
 
+# This clone's code first on the path, even if another clone's editable install owns the venv
+# (Ray workers inherit it too).
+export PYTHONPATH := $(CURDIR)
+
 .PHONY: install demo test test-all lint format clean-venv
 
 install: $(LINK_STAMP)
 
-$(DEPS_STAMP): pyproject.toml requirements-torch.txt
+# No file prerequisites: the hash in the venv path already changes with the dependencies, and a
+# fresh clone's files are always newer than an existing stamp.
+$(DEPS_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-torch.txt

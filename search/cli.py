@@ -155,8 +155,12 @@ def _add_search_commands(sub: Any) -> None:
             + (" --pick knee --out runs/demo/export" if name == "export" else " --json"),
         )
         p.add_argument("experiment")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="the same overrides the search was run with, e.g. out=runs/x")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="KEY=VALUE",
+            help="the same overrides the search was run with, e.g. out=runs/x",
+        )
         p.add_argument("--mlflow-uri", help="tracking URI (default: the config's)")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "export":

@@ -29,6 +29,7 @@ class TrialRow:
     params: float
     train_seconds: float
     schedule: str
+    reference: bool  # Torch-Pruning's one-shot recipe, run as the search's first trial
 
     @property
     def usable(self) -> bool:
@@ -53,6 +54,7 @@ def rows_from_runs(runs: list[Any]) -> list[TrialRow]:
                 params=m.get("params", float("nan")),
                 train_seconds=m.get("train_seconds", float("nan")),
                 schedule=tags.get("schedule", ""),
+                reference=tags.get("reference") == "true",
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)
@@ -85,12 +87,20 @@ def format_front(rows: list[TrialRow], on_front: list[TrialRow]) -> str:
         f"{'trial':<14} {'val acc':>8} {'epochs':>7} {'speed-up':>9} {'MACs':>8} "
         f"{'train s':>8}  schedule",
     ]
-    for r in on_front:
-        lines.append(
-            f"{r.trial_id:<14} {r.val_acc:>8.2%} {r.cost:>7g} {r.speedup:>8.2f}x "
-            f"{r.macs / 1e6:>7.2f}M {r.train_seconds:>8.0f}  {r.schedule}"
-        )
+    lines += [_line(r) for r in on_front]
+    for r in rows:
+        if r.reference:
+            state = "on the front" if r in on_front else "not on the front"
+            lines.append(f"reference (Torch-Pruning one-shot recipe, {state}):")
+            lines.append(_line(r))
     return "\n".join(lines)
+
+
+def _line(r: TrialRow) -> str:
+    return (
+        f"{r.trial_id:<14} {r.val_acc:>8.2%} {r.cost:>7g} {r.speedup:>8.2f}x "
+        f"{r.macs / 1e6:>7.2f}M {r.train_seconds:>8.0f}  {r.schedule}"
+    )
 
 
 def front_json(on_front: list[TrialRow]) -> list[dict[str, Any]]:

@@ -63,7 +63,8 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
     from search.tuner import run_search  # Ray is only imported when a search really runs
 
     outcome = run_search(config, resume=args.resume)
-    summary = finish_search(config, outcome.parent_run_id)
+    reference = [r["trial_id"] for r in outcome.results if r["reference"]]
+    summary = finish_search(config, outcome.parent_run_id, reference)
     failed = sum(1 for r in outcome.results if r["error"])
     say(
         f"{len(outcome.results)} trials, {failed} failed; MLflow UI: "
@@ -72,9 +73,15 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
     return summary | {"parent_run_id": outcome.parent_run_id, "failed": failed}
 
 
-def finish_search(config: ExperimentConfig, parent_id: str) -> dict[str, Any]:
+def finish_search(
+    config: ExperimentConfig, parent_id: str, reference_ids: list[str] = ()
+) -> dict[str, Any]:  # type: ignore[assignment]
     """Front from MLflow's completed runs: tag it, log table and plot to the parent, print it."""
     uri = config.tracking_uri
+    rows = load_rows(uri, config.experiment_name, parent_id)
+    for row in rows:
+        if row.trial_id in reference_ids:
+            tracking.set_tags(uri, row.run_id, {"reference": "true"})
     rows = load_rows(uri, config.experiment_name, parent_id)
     on_front = front(rows)
     tag_front(uri, rows, on_front)

@@ -18,9 +18,15 @@ from ray.tune.schedulers import ASHAScheduler
 
 from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
+from search.callbacks import TrialProgress
 from search.config import ExperimentConfig, config_to_dict
-from search.space import describe_space, known_points, make_searcher, param_space
-from search.trial_progress import TrialProgress
+from search.space import (
+    describe_space,
+    known_points,
+    make_searcher,
+    param_space,
+    reference_point,
+)
 from trainables import tracking
 from trainables.trial import TrialContext, run_trial
 
@@ -89,7 +95,9 @@ def _same_baseline(config: ExperimentConfig, metrics_file: Path) -> bool:
     if not metrics_file.is_file():
         return False
     saved = json.loads(metrics_file.read_text()).get("config", {})
-    return saved.get("data") == dataclasses.asdict(config.data) and saved.get("width") == config.width
+    return (
+        saved.get("data") == dataclasses.asdict(config.data) and saved.get("width") == config.width
+    )
 
 
 def _state_file(config: ExperimentConfig) -> Path:
@@ -150,7 +158,9 @@ def _trainable(config: ExperimentConfig, context: TrialContext, baseline: dict[s
     )
 
 
-def _tuner(config: ExperimentConfig, trainable: Any, resume: bool) -> tune.Tuner:
+def _tuner(
+    config: ExperimentConfig, trainable: Any, resume: bool, context: TrialContext
+) -> tune.Tuner:
     path = config.storage / config.name
     if resume and tune.Tuner.can_restore(str(path)):
         say(f"resuming the search in {path}")
@@ -184,6 +194,14 @@ def _tuner(config: ExperimentConfig, trainable: Any, resume: bool) -> tune.Tuner
     )
 
 
+def _same_point(config: dict[str, Any] | None, point: dict[str, Any]) -> bool:
+    return bool(config) and all(config.get(k) == v for k, v in point.items())
+
+
+def _same_point(config: dict[str, Any] | None, point: dict[str, Any]) -> bool:
+    return bool(config) and all(config.get(k) == v for k, v in point.items())
+
+
 def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
     known_points(config)  # bad injected points fail here, before any compute
     config.out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,13 +225,15 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         baseline_path=baseline_path,
     )
     _init_ray(config)
-    grid = _tuner(config, _trainable(config, context, baseline), resume).fit()
+    grid = _tuner(config, _trainable(config, context, baseline), resume, context).fit()
+    reference = reference_point(config) if config.reference_trial else None
     results = [
         {
             "trial_id": r.metrics.get("trial_id") if r.metrics else None,
             "config": r.config,
             "metrics": r.metrics or {},
             "error": str(r.error) if r.error else None,
+            "reference": reference is not None and _same_point(r.config, reference),
         }
         for r in grid
     ]

@@ -23,9 +23,15 @@ EXPERIMENT = {
     "space": {"max_stages": 2, "total_epochs": [1, 2], "min_channel_ratios": [0.0, 0.5]},
     "training": {"batch_size": 64},
     # A floor of half the channels cannot reach 3.9x on this model: that trial must fail alone.
-    "points": [{"min_channel_ratio": 0.5}, {"n_stages": 2, "total_epochs": 2}],
+    "points": [
+        {"min_channel_ratio": 0.5},
+        # two stages, all epochs in the second: ASHA has no rung to stop it at
+        {"n_stages": 2, "total_epochs": 2, "epochs_0": 0.2, "epochs_1": 1.0},
+    ],
     "num_trials": 4,
     "max_concurrent": 2,
+    # Early stopping on: a trial ASHA stops must never count as a finished schedule.
+    "asha": {"enabled": True, "grace_epochs": 1, "reduction_factor": 2},
     "device": "cpu",
 }
 
@@ -72,7 +78,10 @@ def test_failed_trial_is_failed_in_mlflow_and_the_rest_complete(searched) -> Non
     for t in impossible:
         assert t.info.status == "FAILED" and "unreachable" in t.data.tags["error"]
     for t in possible:
-        assert t.info.status == "FINISHED" and t.data.metrics["completed"] == 1.0
+        if t.data.tags.get("stopped_early") == "true":
+            assert t.info.status == "KILLED" and t.data.metrics["completed"] == 0.0
+        else:
+            assert t.info.status == "FINISHED" and t.data.metrics["completed"] == 1.0
 
 
 def test_per_stage_metrics_and_artifacts(searched) -> None:

@@ -32,8 +32,13 @@ EXPERIMENT = {
 
 def interrupt_after_first_trial(config: Path, cwd: Path) -> None:
     env = os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(config)],
-                            cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "search", str(config)],
+        cwd=cwd,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     try:
         assert proc.stderr is not None
@@ -56,8 +61,11 @@ def test_resume_finishes_the_search_without_repeating_or_losing_trials(tmp_path)
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("resume")
-    before = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])
-              if r.data.tags.get("prunetune.role") == "trial" and r.info.status == "FINISHED"}
+    before = {
+        r.info.run_id: r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("prunetune.role") == "trial" and r.info.status == "FINISHED"
+    }
     assert 1 <= len(before) < 3
 
     assert main(["search", str(config), "--resume"]) == 0
@@ -67,8 +75,7 @@ def test_resume_finishes_the_search_without_repeating_or_losing_trials(tmp_path)
     trials = [r for r in all_runs if r.data.tags.get("prunetune.role") == "trial"]
     assert len(parents) == 1 and parents[0].data.tags.get("resumed") == "true"
     assert len(trials) == 3 and len({t.data.tags["prunetune.trial_id"] for t in trials}) == 3
-    assert all(t.info.status == "FINISHED" and t.data.metrics["completed"] == 1.0
-               for t in trials)
+    assert all(t.info.status == "FINISHED" and t.data.metrics["completed"] == 1.0 for t in trials)
     for run_id, run in before.items():  # finished before the interruption: not run again
         again = client.get_run(run_id)
         assert again.info.end_time == run.info.end_time

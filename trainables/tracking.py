@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,10 +118,16 @@ def _existing_trial_run(uri: str, experiment_id: str, parent_id: str, trial_id: 
     return runs[0].info.run_id if runs else None
 
 
+@dataclass
+class TrialRun:
+    run_id: str
+    completed: bool = False  # set once the schedule's last stage is logged
+
+
 @contextmanager
 def trial_run(
     uri: str, experiment_id: str, parent_id: str, trial_id: str, name: str, tags: dict[str, str]
-) -> Iterator[str]:
+) -> Iterator[TrialRun]:
     """The child run of one trial; a restarted trial reopens its own run instead of adding one.
 
     An exception marks the run FAILED with the error text (tag `error`) and propagates, so Ray
@@ -145,14 +152,33 @@ def trial_run(
     else:
         _retry(lambda: c.update_run(run_id, status="RUNNING"), "reopening the trial's run")
     set_tags(uri, run_id, tags)
+    handle = TrialRun(run_id)
     try:
-        yield run_id
+        yield handle
+    except SystemExit:
+        # Tune ends a trial by raising SystemExit inside tune.report: after the last stage that
+        # is a normal end (ASHA saying STOP at max_t); before it, the trial was stopped early.
+        if handle.completed:
+            finish_run(uri, run_id, "FINISHED")
+        else:
+            set_tags(uri, run_id, {"stopped_early": "true"})
+            finish_run(uri, run_id, "KILLED")
+        raise
     except BaseException as err:
         text = "".join(traceback.format_exception_only(type(err), err)).strip()
         set_tags(uri, run_id, {"error": text[:5000]})
         finish_run(uri, run_id, "FAILED")
         raise
     finish_run(uri, run_id, "FINISHED")
+
+
+def close_if_running(
+    uri: str, experiment_id: str, parent_id: str, trial_id: str, tags: dict[str, str]
+) -> None:
+    run_id = _existing_trial_run(uri, experiment_id, parent_id, trial_id)
+    if run_id and client(uri).get_run(run_id).info.status == "RUNNING":
+        set_tags(uri, run_id, tags)
+        finish_run(uri, run_id, "KILLED")
 
 
 def trial_runs(uri: str, experiment: str, parent_id: str | None = None) -> list[Any]:

@@ -106,7 +106,8 @@ def run_trial(
         trial.get_trial_id(),
         trial.get_trial_name(),
         tags,
-    ) as run_id:
+    ) as run:
+        run_id = run.run_id
         tracking.log_params(context.tracking_uri, run_id, flat_params(schedule))
         data = load_dataset(context.data, device)
 
@@ -117,6 +118,7 @@ def run_trial(
                 _save_checkpoint(Path(folder), pruned, state)
                 if result.completed:
                     _log_final(context, run_id, schedule, result, threads, Path(folder))
+                    run.completed = True
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
         run_schedule(

@@ -1,4 +1,4 @@
-"""One line per trial event on stderr: finished/running/failed counts and the best so far."""
+"""Tune callbacks run in the driver: progress lines, and closing the runs of stopped trials."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ class TrialProgress(Callback):
         self.finished = self.failed = 0
         self.best: tuple[float, float] | None = None  # (val_acc, cost) of completed trials
 
-    def _say(self, text: str, trials: list[Any]) -> None:
-        running = sum(t.status == "RUNNING" for t in trials)
+    def _say(self, text: str, trials: list[Any], ended: Any = None) -> None:
+        running = sum(t.status == "RUNNING" and t is not ended for t in trials)
         best = (
             f"best so far {self.best[0]:.2%} at {self.best[1]:g} epochs"
             if self.best
@@ -45,8 +45,25 @@ class TrialProgress(Callback):
             point = (float(last["val_acc"]), float(last["cost"]))
             if self.best is None or point[0] > self.best[0]:
                 self.best = point
-        self._say(f"{trial.trial_id} finished", trials)
+        self._say(f"{trial.trial_id} finished", trials, ended=trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.failed += 1
-        self._say(f"{trial.trial_id} FAILED (see its MLflow run and Ray log)", trials)
+        self._say(f"{trial.trial_id} FAILED (see its MLflow run and Ray log)", trials, ended=trial)
+
+
+class CloseStoppedRuns(Callback):
+    """A trial that ASHA stops (or Ray kills) never leaves its function, so its MLflow run would
+    stay RUNNING; the driver closes it as KILLED and tags it, so it is never mistaken for a
+    finished schedule."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+        self.where = (tracking_uri, experiment_id, parent_run_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from trainables import tracking
+
+        last = trial.last_result or {}
+        if not last or last.get("completed"):
+            return
+        tracking.close_if_running(*self.where, trial.trial_id, {"stopped_early": "true"})

@@ -1,0 +1,105 @@
+"""Overhead of a search trial (Ray Tune + MLflow + checkpoints) against `prunetune replay`.
+
+The same schedule on the same baseline and data, both on 1 CPU thread: once as the only trial of
+a search (its Ray `time_total_s`), once with `prunetune replay` (wall time of the command, data
+loading included). Prints both and the overhead in %.
+
+    PYTHONPATH=. python experiments/bench/trial_overhead.py \
+        --data imagefolder:~/.cache/prunetune-data/cifar10-jpeg
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pruning import schedule as schedule_io
+from pruning.data import DataSpec
+from pruning.schedule import Training
+from search.cli import main as cli
+from search.config import ExperimentConfig, SpaceConfig
+from search.tuner import baseline_weights, run_search
+from trainables.schedule_config import reference_config, schedule_from_config
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--images", type=int, default=5000)
+    p.add_argument("--epochs", type=int, default=4, help="total fine-tune epochs (2 stages)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench_trial_overhead"))
+    p.add_argument("--json-out", type=Path)
+    args = p.parse_args()
+
+    name, _, root = args.data.partition(":")
+    data = DataSpec(
+        name=name,
+        root=str(Path(root).expanduser()) if root else None,
+        train_subset=args.images,
+        samples=int(args.images * 1.2),
+    )
+    point = reference_config(2, args.epochs) | {"n_stages": 2, "lr_schedule": "cosine"}
+    config = ExperimentConfig(
+        name="overhead",
+        width=0.25,
+        data=data,
+        reference_trial=False,
+        points=(point,),
+        space=SpaceConfig(max_stages=2, total_epochs=(args.epochs,)),
+        num_trials=1,
+        max_concurrent=1,
+        device="cpu",
+        out=str(args.out),
+    ).resolve()
+
+    _, baseline = baseline_weights(config)  # pretrained once, outside both timings
+    outcome = run_search(config)
+    trial_seconds = outcome.results[0]["metrics"]["time_total_s"]
+    trial_acc = outcome.results[0]["metrics"]["val_acc"]
+
+    schedule = schedule_from_config(point, config.target_speedup, Training(), 5e-4)
+    path = schedule_io.save(
+        config.out_dir / "schedule.yaml",
+        schedule,
+        {"data": dataclasses.asdict(data), "seed": 0, "threads": 1},
+    )
+    start = time.perf_counter()
+    cli(
+        [
+            "replay",
+            str(path),
+            "--checkpoint",
+            baseline,
+            "--out",
+            str(config.out_dir / "replay"),
+            "--device",
+            "cpu",
+        ]
+    )
+    replay_seconds = time.perf_counter() - start
+    replay_acc = json.loads((config.out_dir / "replay" / "metrics.json").read_text())["val_acc"]
+
+    overhead = 100 * (trial_seconds - replay_seconds) / replay_seconds
+    print(
+        f"schedule: {schedule.summary()}; data: {data.name}, {args.images} images; "
+        f"torch {torch.__version__}, 1 thread"
+    )
+    print(f"replay (in-process)       {replay_seconds:8.1f} s  val acc {replay_acc:.4f}")
+    print(f"search trial (Ray+MLflow) {trial_seconds:8.1f} s  val acc {trial_acc:.4f}")
+    print(f"overhead: {overhead:+.1f}%")
+    if args.json_out:
+        args.json_out.write_text(
+            json.dumps(
+                {"replay_s": replay_seconds, "trial_s": trial_seconds, "overhead_pct": overhead},
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
