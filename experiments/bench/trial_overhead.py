@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+import ray
 import torch
 
 from pruning import schedule as schedule_io
@@ -24,6 +25,7 @@ from pruning.schedule import Training
 from search.cli import main as cli
 from search.config import ExperimentConfig, SpaceConfig
 from search.tuner import baseline_weights, run_search
+from trainables import tracking
 from trainables.schedule_config import reference_config, schedule_from_config
 
 
@@ -58,7 +60,12 @@ def main() -> None:
     ).resolve()
 
     _, baseline = baseline_weights(config)  # pretrained once, outside both timings
+    # Started before the clock, as on a long-lived cluster: Ray, and MLflow's database tables.
+    ray.init(include_dashboard=False, log_to_driver=False)
+    tracking.check_reachable(config.tracking_uri)
+    start = time.perf_counter()
     outcome = run_search(config)
+    search_seconds = time.perf_counter() - start
     trial_seconds = outcome.results[0]["metrics"]["time_total_s"]
     trial_acc = outcome.results[0]["metrics"]["val_acc"]
 
@@ -84,21 +91,21 @@ def main() -> None:
     replay_seconds = time.perf_counter() - start
     replay_acc = json.loads((config.out_dir / "replay" / "metrics.json").read_text())["val_acc"]
 
-    overhead = 100 * (trial_seconds - replay_seconds) / replay_seconds
     print(
         f"schedule: {schedule.summary()}; data: {data.name}, {args.images} images; "
         f"torch {torch.__version__}, 1 thread"
     )
-    print(f"replay (in-process)       {replay_seconds:8.1f} s  val acc {replay_acc:.4f}")
-    print(f"search trial (Ray+MLflow) {trial_seconds:8.1f} s  val acc {trial_acc:.4f}")
-    print(f"overhead: {overhead:+.1f}%")
+    rows = {
+        "replay (in-process, wall)": replay_seconds,
+        "trial (Ray time_total_s)": trial_seconds,
+        "one-trial search (wall: Tuner, actor start, MLflow, checkpoints)": search_seconds,
+    }
+    for label, seconds in rows.items():
+        print(f"{label:<66} {seconds:7.1f} s  {100 * (seconds / replay_seconds - 1):+6.1f}%")
+    print(f"val acc: replay {replay_acc:.4f}, trial {trial_acc:.4f}")
     if args.json_out:
-        args.json_out.write_text(
-            json.dumps(
-                {"replay_s": replay_seconds, "trial_s": trial_seconds, "overhead_pct": overhead},
-                indent=2,
-            )
-        )
+        result = rows | {"replay_acc": replay_acc, "trial_acc": trial_acc}
+        args.json_out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
