@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,11 +50,16 @@ def client(uri: str) -> MlflowClient:
 def check_reachable(uri: str) -> None:
     """Fail fast, before any trial, when the tracking server cannot be reached."""
     try:
-        client(uri).search_experiments(max_results=1)
+        if uri.startswith(("http://", "https://")):
+            # MLflow's client retries for minutes; a health check answers in seconds.
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as reply:
+                reply.read()
+        else:
+            client(uri).search_experiments(max_results=1)
     except Exception as err:
         raise RuntimeError(
-            f"the MLflow tracking server at {uri} is unreachable ({err}); start "
-            "it or pass another --mlflow-uri"
+            f"the MLflow tracking server at {uri} is unreachable ({err}); start it or pass "
+            "another --mlflow-uri"
         ) from None
 
 
