@@ -94,6 +94,7 @@ def run_trial(
     tags = {
         "node": platform.node(),
         "node_ip": ray.util.get_node_ip_address(),
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
         "device": str(device),
         "threads": str(threads),
         "schedule": schedule.summary(),
