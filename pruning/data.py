@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing.pool import ThreadPool
@@ -134,7 +135,12 @@ def _load_cifar(spec: DataSpec, cls: type[torchvision.datasets.CIFAR10]) -> RawD
     root = _data_root(spec)
     folder = root / cls.base_folder
     try:
-        train = cls(str(root), train=True, download=spec.download)
+        # One download per node: trials that start together wait for the first one's download
+        # instead of writing the same archive at once.
+        if spec.download:
+            root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / ".prunetune-download.lock")) if spec.download else nullcontext():
+            train = cls(str(root), train=True, download=spec.download)
         test = cls(str(root), train=False, download=False)  # one download fetches both splits
     except (RuntimeError, OSError) as err:  # torchvision: missing/corrupt files; urllib: offline
         files = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]

@@ -483,3 +483,45 @@ def test_batchloader_rejects_bad_arguments(batch_size: int, seed: int) -> None:
         BatchLoader(
             _random_split(4), batch_size, *_IDENTITY, augment=False, shuffle=False, seed=seed
         )
+
+
+def test_two_processes_loading_together_share_one_valid_cache(tmp_path: Path) -> None:
+    """Two trials starting at once on a node: both load, the cache is written once and valid."""
+    import os
+    import subprocess
+    import sys
+
+    _make_folder(tmp_path / "folder", ("train",))
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {
+        "PRUNETUNE_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    code = (
+        "import sys; from pruning.data import DataSpec, load_dataset; "
+        "d = load_dataset(DataSpec(name='imagefolder', root=sys.argv[1])); "
+        "print(int(d.train.images.sum()) + int(d.val.images.sum()))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "folder")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert outs[0][0] == outs[1][0]
+    caches = list((tmp_path / "cache").glob("*"))
+    assert len([c for c in caches if not c.name.endswith(".lock")]) == 1
+    again = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "folder")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0 and again.stdout == outs[0][0]

@@ -50,3 +50,15 @@ def test_a_raising_trial_is_failed_with_its_error(mlflow_server: str) -> None:
 def test_unreachable_server_is_one_clear_error() -> None:
     with pytest.raises(RuntimeError, match="unreachable"):
         tracking.check_reachable(f"http://127.0.0.1:{free_port()}")
+
+
+def test_search_refuses_to_start_when_the_server_is_down(tmp_path, capsys) -> None:
+    from search.cli import main
+
+    config = tmp_path / "e.yaml"
+    config.write_text(f"name: down\ndata: {{name: synthetic}}\nout: {tmp_path / 'run'}\n")
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["search", str(config), "--mlflow-uri", url]) == 2
+    err = capsys.readouterr().err
+    assert "unreachable" in err and url in err
+    assert not (tmp_path / "run" / "baseline").exists()  # refused before any compute
