@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,12 @@ def cluster_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ray_nodes():
+    with start_nodes() as (address, _):
+        yield address
+
+
+@contextmanager
+def start_nodes() -> Iterator[tuple[str, list[subprocess.Popen]]]:
     """Head + one worker, each `ray start --block` so stopping our process stops its node."""
     port = free_port()
     common = ["--num-cpus=1", "--block", "--disable-usage-stats"]
@@ -75,7 +83,7 @@ def ray_nodes():
             )
         )
         wait_for_nodes(address, 2)
-        yield address
+        yield address, procs
     finally:
         for proc in reversed(procs):
             proc.terminate()
