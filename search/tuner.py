@@ -148,7 +148,9 @@ def _init_ray(config: ExperimentConfig) -> None:
     if config.ray_address:
         ray.init(address=config.ray_address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # "local": start a fresh cluster, never join one that RAY_ADDRESS or a past `ray start`
+        # points at; joining a cluster is what --address is for.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
 def _trainable(config: ExperimentConfig, context: TrialContext, baseline: dict[str, Any]) -> Any:

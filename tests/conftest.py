@@ -24,7 +24,8 @@ def example() -> torch.Tensor:
 def ray_cluster():
     """One real local Ray cluster for the whole test session (starting one takes 5-18 s)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new cluster even if a `ray start` from another test left its address behind
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -61,7 +61,7 @@ def main() -> None:
 
     _, baseline = baseline_weights(config)  # pretrained once, outside both timings
     # Started before the clock, as on a long-lived cluster: Ray, and MLflow's database tables.
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     tracking.check_reachable(config.tracking_uri)
     start = time.perf_counter()
     outcome = run_search(config)
