@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -143,6 +144,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _init_ray(config: ExperimentConfig) -> None:
+    # A checkpoint per stage is the design (restarts continue from the last stage); Tune's
+    # "snapshotting too often" warning would repeat on every short stage.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     if config.ray_address:
