@@ -6,6 +6,7 @@ ray.tune.report (its API has changed three times; keep it fenced here).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 from dataclasses import asdict, dataclass
@@ -99,6 +100,8 @@ def run_trial(
         "threads": str(threads),
         "schedule": schedule.summary(),
         "resumed_from_stage": str(state.done),
+        "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
     }
     with tracking.trial_run(
         context.tracking_uri,
@@ -122,9 +125,22 @@ def run_trial(
                     run.completed = True
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-        run_schedule(
-            model, data, schedule, device=device, seed=context.seed, state=state, on_stage=on_stage
-        )
+        try:
+            run_schedule(
+                model,
+                data,
+                schedule,
+                device=device,
+                seed=context.seed,
+                state=state,
+                on_stage=on_stage,
+            )
+        finally:  # evidence that a trial given no GPU never touched CUDA
+            tracking.set_tags(
+                context.tracking_uri,
+                run_id,
+                {"cuda_initialized": str(torch.cuda.is_initialized()).lower()},
+            )
 
 
 def _log_final(
