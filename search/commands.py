@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from pruning import schedule as schedule_io
 from pruning.data import DataSpec, load_dataset
@@ -22,11 +20,7 @@ from pruning.replay import replay as run_replay
 from pruning.replay import run_section
 from pruning.runner import StageResult
 from pruning.train import evaluate
-from search.progress import EpochBar
-
-
-def say(text: str) -> None:
-    tqdm.write(text, file=sys.stderr)  # prints above an open progress bar, not through it
+from search.progress import EpochBar, say
 
 
 def data_spec(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpec | None:

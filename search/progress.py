@@ -8,6 +8,11 @@ from collections import deque
 from tqdm import tqdm
 
 
+def say(text: str) -> None:
+    """A status line on stderr, printed above an open progress bar rather than through it."""
+    tqdm.write(text, file=sys.stderr)
+
+
 class EpochBar:
     """Feed it fit()'s on_epoch callbacks; phases (label, epochs) open and close in order."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import yaml
 
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
 from search.pareto import parse_pick
+from search.progress import say
 from search.results import (
     export as export_trial,
 )
@@ -28,10 +28,6 @@ from search.results import (
 )
 from search.space import describe_space
 from trainables import tracking
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:

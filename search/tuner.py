@@ -7,7 +7,6 @@ import importlib.metadata as md
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
 from search.callbacks import TrialProgress
 from search.config import ExperimentConfig, config_to_dict
+from search.progress import say
 from search.space import (
     describe_space,
     known_points,
@@ -39,10 +39,6 @@ class SearchOutcome:
     parent_run_id: str
     experiment_id: str
     results: list[dict[str, Any]]  # one per trial: trial_id, config, metrics, error
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def git_commit() -> str:

@@ -8,7 +8,6 @@ training.
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 import urllib.request
@@ -230,7 +229,3 @@ def ui_command(uri: str) -> str:
     if uri.startswith("http"):
         return f"open {uri}"
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-
-
-def quiet() -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
