@@ -13,6 +13,7 @@ class TrialProgress(Callback):
         self.total = total
         self.finished = self.failed = 0
         self.best: tuple[float, float] | None = None  # (val_acc, cost) of completed trials
+        self.unlogged: set[str] = set()  # trials whose MLflow logging failed
 
     def _say(self, text: str, trials: list[Any], ended: Any = None) -> None:
         running = sum(t.status == "RUNNING" and t is not ended for t in trials)
@@ -28,11 +29,21 @@ class TrialProgress(Callback):
             flush=True,
         )
 
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-    ) -> None:
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Said once the driver has registered the stage's checkpoint: from here on a retry of
+        # this trial continues after this stage.
+        result = trial.last_result or {}
+        if result.get("mlflow_logged") == 0.0 and trial.trial_id not in self.unlogged:
+            self.unlogged.add(trial.trial_id)
+            print(
+                f"[search] warning: {trial.trial_id} could not log to MLflow; it trains on and "
+                "its results stay in Ray's storage (`prunetune pareto` copies them to MLflow "
+                "once the server is back)",
+                file=sys.stderr,
+                flush=True,
+            )
         self._say(
-            f"{trial.trial_id} stage {int(result.get('stage', 0))}: val acc "
+            f"{trial.trial_id} stage {int(result.get('stage', 0))} saved: val acc "
             f"{result.get('val_acc', float('nan')):.2%} at "
             f"{result.get('speedup', float('nan')):.2f}x",
             trials,

@@ -1,4 +1,4 @@
-"""Reading trials back from MLflow: the Pareto front, tagging it, the plot, and export."""
+"""Reading trials back from MLflow: the Pareto front, tagging it, and export."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class TrialRow:
     train_seconds: float
     schedule: str
     reference: bool  # Torch-Pruning's one-shot recipe, run as the search's first trial
+    checkpoint: str = ""  # rows read from Ray's storage (run_id ""): the trial's checkpoint
 
     @property
     def usable(self) -> bool:
@@ -107,38 +108,6 @@ def front_json(on_front: list[TrialRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in on_front]
 
 
-def plot_front(rows: list[TrialRow], on_front: list[TrialRow], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    usable = [r for r in rows if r.usable]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.scatter(
-        [r.cost for r in usable],
-        [100 * r.val_acc for r in usable],
-        c="0.6",
-        label="completed trials",
-    )
-    ax.plot(
-        [r.cost for r in on_front],
-        [100 * r.val_acc for r in on_front],
-        "o-",
-        c="C3",
-        label="Pareto front",
-    )
-    ax.set_xlabel("cost: fine-tune epochs per trial")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("accuracy vs. cost at the target speed-up")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def pick(rows: list[TrialRow], how: Pick) -> TrialRow:
     usable = [r for r in rows if r.usable]
     if not usable:
@@ -152,7 +121,10 @@ def export(uri: str, row: TrialRow, out: Path, how: str) -> dict[str, Any]:
     """schedule.yaml, pruned.pt, widths.json, metrics.json and report.md in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".download"
-    final = tracking.download(uri, row.run_id, "final", staging)
+    if row.run_id:
+        final = tracking.download(uri, row.run_id, "final", staging)
+    else:  # MLflow unreachable: the bundle the trial also put in its Ray checkpoint
+        final = Path(row.checkpoint) / "final"
     for name in ("schedule.yaml", "pruned.pt", "widths.json", "metrics.json"):
         shutil.copyfile(final / name, out / name)
     shutil.rmtree(staging, ignore_errors=True)

@@ -97,6 +97,15 @@ def _same_baseline(config: ExperimentConfig, metrics_file: Path) -> bool:
     )
 
 
+def baseline_accuracy(config: ExperimentConfig, path: str) -> float | None:
+    """The baseline's validation accuracy when pretraining left it next to the weights (for this
+    data and width): the accuracy plots start from it."""
+    metrics = Path(path).parent / "metrics.json"
+    if not _same_baseline(config, metrics):
+        return None
+    return float(json.loads(metrics.read_text())["val_acc"])
+
+
 def _state_file(config: ExperimentConfig) -> Path:
     return config.out_dir / "search.json"
 
@@ -200,16 +209,15 @@ def _same_point(config: dict[str, Any] | None, point: dict[str, Any]) -> bool:
     return bool(config) and all(config.get(k) == v for k, v in point.items())
 
 
-def _same_point(config: dict[str, Any] | None, point: dict[str, Any]) -> bool:
-    return bool(config) and all(config.get(k) == v for k, v in point.items())
-
-
 def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
     known_points(config)  # bad injected points fail here, before any compute
     config.out_dir.mkdir(parents=True, exist_ok=True)
     tracking.check_reachable(config.tracking_uri)
     baseline, baseline_path = baseline_weights(config)
     parent, experiment_id = _parent_run(config, resume)
+    base_acc = baseline_accuracy(config, baseline_path)
+    if base_acc is not None:
+        tracking.log_metrics(config.tracking_uri, parent, {"base_val_acc": base_acc}, step=0)
     say(
         f"search {config.name}: {config.num_trials} trials, MLflow {config.tracking_uri} "
         f"(parent run {parent})"

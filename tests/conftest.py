@@ -36,11 +36,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with sqlite and proxied artifact storage."""
-    folder = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
+def start_mlflow_server(folder: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1:port (sqlite and proxied artifacts in `folder`),
+    returned once /health answers."""
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
         [
@@ -61,18 +59,25 @@ def mlflow_server(tmp_path_factory):
         stderr=subprocess.DEVNULL,
     )
     uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, uri
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("mlflow server did not start")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with sqlite and proxied artifact storage."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"), free_port())
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
         yield uri
     finally:
         proc.terminate()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from search.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
+PLOTS = ("pareto.png", "widths.png", "accuracy.png", "accuracy_front.png")
 
 EXPERIMENT = {
     "name": "e2e",
@@ -65,6 +68,9 @@ def test_parent_and_child_runs(searched) -> None:
     assert parent.data.params["target_speedup"] == "3.9"
     files = {f.path for f in MlflowClient(uri).list_artifacts(parent.info.run_id)}
     assert {"experiment.yaml", "search_space.json", "pareto.json", "pareto.png"} <= files
+    assert set(PLOTS) | {"report.html"} <= files
+    # the baseline was pretrained here, so its accuracy starts the accuracy-through-schedule plots
+    assert 0.0 < parent.data.metrics["base_val_acc"] <= 1.0
     assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
     assert all({"node", "device"} <= set(t.data.tags) for t in trials)
 
@@ -120,6 +126,11 @@ def test_export_then_replay_reproduces_the_trial(searched, capsys, tmp_path) -> 
     assert {"schedule.yaml", "pruned.pt", "metrics.json", "report.md"} <= {
         p.name for p in out.iterdir()
     }
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    page = (out / "report.html").read_text()
+    assert exported["trial_id"] in page
+    assert html.escape((out / "schedule.yaml").read_text()) in page
     threads = torch.get_num_threads()
     try:
         replayed = _replay(out / "schedule.yaml", tmp_path / "replay", capsys)
@@ -127,6 +138,35 @@ def test_export_then_replay_reproduces_the_trial(searched, capsys, tmp_path) -> 
         torch.set_num_threads(threads)
     assert replayed["val_acc"] == pytest.approx(exported["val_acc"], abs=1e-9)
     assert replayed["macs"] == exported["macs"]
+
+
+def test_report_is_one_self_contained_html_file(searched, capsys, tmp_path) -> None:
+    config, uri, _ = searched
+    out = tmp_path / "report"
+    assert main(["report", str(config), "--out", str(out), "--pick", "max-acc"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.html")
+    assert [p.name for p in out.iterdir()] == ["report.html"]  # the plots are inside it
+    page = (out / "report.html").read_text()
+    _, trials = runs(uri)
+    for t in trials:  # every trial in the table, failed and stopped ones included
+        assert t.data.tags["prunetune.trial_id"] in page and t.info.run_id in page
+    chosen = re.search(r"chosen by max-acc: trial (\w+), ", page)
+    assert chosen is not None
+    finished = {t.data.tags["prunetune.trial_id"]: t for t in trials if t.info.status == "FINISHED"}
+    best = max(t.data.metrics["val_acc"] for t in finished.values())
+    assert finished[chosen[1]].data.metrics["val_acc"] == best
+    assert page.count('<img src="data:image/png;base64,') == len(PLOTS)
+    assert "format: prunetune.schedule" in page and "target_speedup: 3.9" in page
+    assert "n_stages" in page  # the search space
+    assert f"mlflow ui --backend-store-uri {uri}" in page
+    assert 'src="http' not in page and 'href="http' not in page  # sqlite: nothing to link to
+
+
+def test_report_on_a_folder_without_a_search_says_what_to_fix(searched, capsys, tmp_path) -> None:
+    config, _, _ = searched
+    assert main(["report", str(config), f"out={tmp_path / 'elsewhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow database at" in err and "overrides" in err and "Traceback" not in err
 
 
 def _replay(schedule: Path, out: Path, capsys) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pruning.schedule import Schedule, SparseTraining, Stage, Training
+from pruning.schedule import Schedule, SparseTraining, Stage, Training, schedule_to_dict
 
 
 def split_speedups(target: float, shares: list[float]) -> list[float]:
@@ -78,3 +78,17 @@ def reference_config(max_stages: int, total_epochs: int) -> dict[str, Any]:
     for i in range(max_stages):
         config |= {f"split_{i}": 1.0, f"epochs_{i}": 1.0, f"lr_{i}": 0.01}
     return config
+
+
+def flat_params(schedule: Schedule) -> dict[str, Any]:
+    """The schedule as MLflow params: stage_1.speedup, training.batch_size, ..."""
+    flat: dict[str, Any] = {}
+    for key, value in schedule_to_dict(schedule).items():
+        if key == "stages":
+            for i, stage in enumerate(value):
+                flat |= {f"stage_{i + 1}.{k}": v for k, v in stage.items()}
+        elif isinstance(value, dict):
+            flat |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            flat[key] = value
+    return flat | {"n_stages": len(schedule.stages), "total_epochs": schedule.total_epochs}

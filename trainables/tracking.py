@@ -8,6 +8,8 @@ training.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import traceback
 import urllib.request
@@ -25,17 +27,26 @@ T = TypeVar("T")
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "prunetune.trial_id"
 ROLE_TAG = "prunetune.role"
-RETRIES = (1.0, 2.0, 4.0)  # seconds between attempts
+ATTEMPT_TAG = "prunetune.attempt"  # 1, 2, ... : one run per attempt of a trial
+RETRY_OF_TAG = "prunetune.retry_of"  # the run of the attempt this one replaces
+RETRIED_AS_TAG = "prunetune.retried_as"  # on a dead attempt: the run that replaced it
+RETRIES = (1.0, 2.0, 4.0)  # seconds between attempts; PRUNETUNE_MLFLOW_RETRY_DELAYS="1,2,4"
+
+
+def _delays() -> tuple[float, ...]:
+    text = os.environ.get("PRUNETUNE_MLFLOW_RETRY_DELAYS")
+    return tuple(float(d) for d in text.split(",") if d.strip()) if text else RETRIES
 
 
 def _retry(call: Callable[[], T], what: str) -> T:
-    for delay in (*RETRIES, None):
+    delays = _delays()
+    for delay in (*delays, None):
         try:
             return call()
         except Exception as err:
             if delay is None:
                 raise RuntimeError(
-                    f"MLflow: {what} failed after {len(RETRIES) + 1} attempts: {err}"
+                    f"MLflow: {what} failed after {len(delays) + 1} attempts: {err}"
                 ) from err
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -67,7 +78,9 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     found = c.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return c.create_experiment(name, artifact_location=artifact_location)
+    # MLflow 3's UI opens untagged experiments in its GenAI view; ours are model training.
+    kind = {"mlflow.experimentKind": "custom_model_development"}
+    return c.create_experiment(name, artifact_location=artifact_location, tags=kind)
 
 
 def start_parent(
@@ -114,76 +127,166 @@ def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     _retry(lambda: client(uri).log_batch(run_id, tags=batch), "setting tags")
 
 
-def _existing_trial_run(uri: str, experiment_id: str, parent_id: str, trial_id: str) -> str | None:
-    runs = client(uri).search_runs(
+def _attempts(uri: str, experiment_id: str, parent_id: str, trial_id: str) -> list[Any]:
+    """Every run one trial has had, oldest first: one per attempt."""
+    return client(uri).search_runs(
         [experiment_id],
         filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{parent_id}'",
-        max_results=1,
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
     )
-    return runs[0].info.run_id if runs else None
+
+
+def _close_dead_attempts(uri: str, earlier: list[Any], new_id: str) -> None:
+    """An earlier attempt still RUNNING died with its worker (or the driver): mark it FAILED and
+    point it at the run that replaces it, so it is never lost and never counted."""
+    for run in earlier:
+        tags = {RETRIED_AS_TAG: new_id}
+        if run.info.status == "RUNNING":
+            tags["error"] = (
+                "attempt left its run open (its worker, the driver or the tracking connection "
+                f"was lost); continued as run {new_id}"
+            )
+            set_tags(uri, run.info.run_id, tags)
+            finish_run(uri, run.info.run_id, "FAILED")
+        else:
+            set_tags(uri, run.info.run_id, tags)
+
+
+def _copy_history(uri: str, src: str, dst: str, until_step: int) -> None:
+    """The stages an earlier attempt finished (restored from its checkpoint) into the new run,
+    so the finished run holds the whole schedule's curves."""
+    c = client(uri)
+    for key in c.get_run(src).data.metrics:
+        history = [m for m in c.get_metric_history(src, key) if m.step <= until_step]
+        for i in range(0, len(history), 1000):
+            chunk = history[i : i + 1000]
+            _retry(lambda b=chunk: c.log_batch(dst, metrics=b), "copying metric history")
+
+
+def _new_attempt(
+    uri: str,
+    experiment_id: str,
+    parent_id: str,
+    trial_id: str,
+    name: str,
+    resumed_from_stage: int,
+) -> str:
+    c = client(uri)
+    earlier = _retry(
+        lambda: _attempts(uri, experiment_id, parent_id, trial_id), "looking up the trial's runs"
+    )
+    tags = {PARENT_TAG: parent_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+    tags[ATTEMPT_TAG] = str(len(earlier) + 1)
+    if earlier:
+        tags[RETRY_OF_TAG] = earlier[-1].info.run_id
+    run_id = _retry(
+        lambda: c.create_run(experiment_id, run_name=name, tags=tags).info.run_id,
+        "creating the trial's run",
+    )
+    if earlier:
+        _close_dead_attempts(uri, earlier, run_id)
+        if resumed_from_stage:
+            _copy_history(uri, earlier[-1].info.run_id, run_id, resumed_from_stage)
+    return run_id
 
 
 @dataclass
 class TrialRun:
-    run_id: str
+    """One attempt's run. Logging through it never fails the trial: once a call fails past its
+    retries the attempt stops logging (reason in `lost`) and trains on, because its results
+    also go to Ray's storage, from which `prunetune pareto` copies them into MLflow later."""
+
+    uri: str
+    run_id: str | None
     completed: bool = False  # set once the schedule's last stage is logged
+    lost: str | None = None
+    closed: bool = False  # ended by the trial itself, before its last report
+
+    def _safe(self, call: Callable[..., None], *args: Any) -> None:
+        if self.run_id is None or self.lost:
+            return
+        try:
+            call(self.uri, self.run_id, *args)
+        except RuntimeError as err:
+            self.lost = str(err)
+            print(
+                f"prunetune: MLflow logging stopped for run {self.run_id}: {err}. The trial "
+                "goes on; its results stay in Ray's storage.",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._safe(log_metrics, metrics, step)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._safe(log_params, params)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._safe(set_tags, tags)
+
+    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
+        self._safe(log_artifacts, folder, artifact_path)
+
+    def finish(self, status: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self._safe(finish_run, status)
 
 
 @contextmanager
 def trial_run(
-    uri: str, experiment_id: str, parent_id: str, trial_id: str, name: str, tags: dict[str, str]
+    uri: str,
+    experiment_id: str,
+    parent_id: str,
+    trial_id: str,
+    name: str,
+    tags: dict[str, str],
+    resumed_from_stage: int = 0,
 ) -> Iterator[TrialRun]:
-    """The child run of one trial; a restarted trial reopens its own run instead of adding one.
+    """The child run of one attempt of a trial. A retried trial gets a new run tagged with the
+    attempt number and `retry_of`; the attempt before it is closed (FAILED when it died) and
+    tagged `retried_as`, so exactly one run per trial ends FINISHED.
 
     An exception marks the run FAILED with the error text (tag `error`) and propagates, so Ray
     fails the trial too.
     """
-    c = client(uri)
-    run_id = _retry(
-        lambda: _existing_trial_run(uri, experiment_id, parent_id, trial_id),
-        "looking up the trial's run",
-    )
-    if run_id is None:
-        run_id = _retry(
-            lambda: (
-                c.create_run(
-                    experiment_id,
-                    run_name=name,
-                    tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"},
-                ).info.run_id
-            ),
-            "creating the trial's run",
+    handle = TrialRun(uri, None)
+    try:
+        handle.run_id = _new_attempt(
+            uri, experiment_id, parent_id, trial_id, name, resumed_from_stage
         )
-    else:
-        _retry(lambda: c.update_run(run_id, status="RUNNING"), "reopening the trial's run")
-    set_tags(uri, run_id, tags)
-    handle = TrialRun(run_id)
+    except RuntimeError as err:
+        handle.lost = str(err)
+        print(f"prunetune: no MLflow run for trial {trial_id}: {err}", file=sys.stderr)
+    handle.set_tags(tags)
     try:
         yield handle
     except SystemExit:
         # Tune ends a trial by raising SystemExit inside tune.report: after the last stage that
         # is a normal end (ASHA saying STOP at max_t); before it, the trial was stopped early.
         if handle.completed:
-            finish_run(uri, run_id, "FINISHED")
+            handle.finish("FINISHED")
         else:
-            set_tags(uri, run_id, {"stopped_early": "true"})
-            finish_run(uri, run_id, "KILLED")
+            handle.set_tags({"stopped_early": "true"})
+            handle.finish("KILLED")
         raise
     except BaseException as err:
         text = "".join(traceback.format_exception_only(type(err), err)).strip()
-        set_tags(uri, run_id, {"error": text[:5000]})
-        finish_run(uri, run_id, "FAILED")
+        handle.set_tags({"error": text[:5000]})
+        handle.finish("FAILED")
         raise
-    finish_run(uri, run_id, "FINISHED")
+    handle.finish("FINISHED")
 
 
 def close_if_running(
     uri: str, experiment_id: str, parent_id: str, trial_id: str, tags: dict[str, str]
 ) -> None:
-    run_id = _existing_trial_run(uri, experiment_id, parent_id, trial_id)
-    if run_id and client(uri).get_run(run_id).info.status == "RUNNING":
-        set_tags(uri, run_id, tags)
-        finish_run(uri, run_id, "KILLED")
+    for run in _attempts(uri, experiment_id, parent_id, trial_id):
+        if run.info.status == "RUNNING":
+            set_tags(uri, run.info.run_id, tags)
+            finish_run(uri, run.info.run_id, "KILLED")
 
 
 def trial_runs(uri: str, experiment: str, parent_id: str | None = None) -> list[Any]:
@@ -191,18 +294,27 @@ def trial_runs(uri: str, experiment: str, parent_id: str | None = None) -> list[
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(f"MLflow at {uri} has no experiment named {experiment!r}")
+        raise _no_experiment(uri, experiment)
     where = f"tags.`{ROLE_TAG}` = 'trial'"
     if parent_id:
         where += f" and tags.`{PARENT_TAG}` = '{parent_id}'"
     return c.search_runs([exp.experiment_id], filter_string=where, max_results=50000)
 
 
+def _no_experiment(uri: str, experiment: str) -> ValueError:
+    names = sorted(e.name for e in client(uri).search_experiments())
+    return ValueError(
+        f"MLflow at {uri} has no experiment named {experiment!r} (it has: "
+        f"{', '.join(names) or 'none'}); pass the experiment's name (the config's mlflow."
+        "experiment, else its name) or the config file, and check --mlflow-uri"
+    )
+
+
 def latest_parent(uri: str, experiment: str) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(f"MLflow at {uri} has no experiment named {experiment!r}")
+        raise _no_experiment(uri, experiment)
     runs = c.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{ROLE_TAG}` = 'search'",
@@ -210,12 +322,17 @@ def latest_parent(uri: str, experiment: str) -> str:
         max_results=1,
     )
     if not runs:
-        raise ValueError(f"experiment {experiment!r} has no search run yet")
+        raise ValueError(
+            f"experiment {experiment!r} at {uri} has no search run yet; run `prunetune search` "
+            "first, or check the experiment name and --mlflow-uri"
+        )
     return runs[0].info.run_id
 
 
 def download(uri: str, run_id: str, path: str, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
+    # a few small files per command: MLflow's progress bar per download only clutters stderr
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     local = _retry(
         lambda: mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=uri
@@ -229,3 +346,26 @@ def ui_command(uri: str) -> str:
     if uri.startswith("http"):
         return f"open {uri}"
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def experiment_id(uri: str, experiment: str) -> str:
+    found = client(uri).get_experiment_by_name(experiment)
+    if found is None:
+        raise _no_experiment(uri, experiment)
+    return found.experiment_id
+
+
+def run_metrics(uri: str, run_id: str) -> dict[str, float]:
+    """The latest value of each metric of a run."""
+    return dict(_retry(lambda: client(uri).get_run(run_id), "reading a run").data.metrics)
+
+
+def metric_history(uri: str, run_id: str, keys: list[str]) -> dict[str, dict[int, float]]:
+    """step -> value for each metric. A trial restarted mid-stage logs that stage again; the
+    value logged last for a step wins, as it does in MLflow's own latest-value view."""
+    c = client(uri)
+    history: dict[str, dict[int, float]] = {}
+    for key in keys:
+        points = _retry(lambda k=key: c.get_metric_history(run_id, k), "reading metric history")
+        history[key] = {m.step: m.value for m in sorted(points, key=lambda m: m.timestamp)}
+    return history

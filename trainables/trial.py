@@ -22,9 +22,9 @@ from pruning.data import DataSpec, load_dataset
 from pruning.models import read_state_dict, vgg19_from_state_dict
 from pruning.replay import run_section
 from pruning.runner import RunState, StageResult, run_schedule
-from pruning.schedule import Schedule, Training, schedule_to_dict
+from pruning.schedule import Schedule, Training
 from trainables import tracking
-from trainables.schedule_config import schedule_from_config
+from trainables.schedule_config import flat_params, schedule_from_config
 
 
 @dataclass(frozen=True)
@@ -50,20 +50,6 @@ def _device_and_threads() -> tuple[torch.device, int]:
     if ray.get_gpu_ids() and torch.cuda.is_available():
         return torch.device("cuda"), threads
     return torch.device("cpu"), threads
-
-
-def flat_params(schedule: Schedule) -> dict[str, Any]:
-    """The schedule as MLflow params: stage_1.speedup, training.batch_size, ..."""
-    flat: dict[str, Any] = {}
-    for key, value in schedule_to_dict(schedule).items():
-        if key == "stages":
-            for i, stage in enumerate(value):
-                flat |= {f"stage_{i + 1}.{k}": v for k, v in stage.items()}
-        elif isinstance(value, dict):
-            flat |= {f"{key}.{k}": v for k, v in value.items()}
-        else:
-            flat[key] = value
-    return flat | {"n_stages": len(schedule.stages), "total_epochs": schedule.total_epochs}
 
 
 def _save_checkpoint(folder: Path, model: torch.nn.Module, state: RunState) -> None:
@@ -110,20 +96,33 @@ def run_trial(
         trial.get_trial_id(),
         trial.get_trial_name(),
         tags,
+        resumed_from_stage=state.done,
     ) as run:
-        run_id = run.run_id
-        tracking.log_params(context.tracking_uri, run_id, flat_params(schedule))
+        run.log_params(flat_params(schedule))
         data = load_dataset(context.data, device)
 
         def on_stage(result: StageResult, pruned: torch.nn.Module, state: RunState) -> None:
             metrics = result.metrics() | {"cost": float(result.epochs_used)}
-            tracking.log_metrics(context.tracking_uri, run_id, metrics, step=result.stage)
-            with tempfile.TemporaryDirectory() as folder:
-                _save_checkpoint(Path(folder), pruned, state)
+            run.log_metrics(metrics, step=result.stage)
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                _save_checkpoint(folder, pruned, state)
                 if result.completed:
-                    _log_final(context, run_id, schedule, result, threads, Path(folder))
+                    # In the checkpoint too: Ray's storage alone is enough to export the trial.
+                    final = _final_bundle(context, schedule, result, threads, folder)
+                    run.log_artifacts(final, "final")
                     run.completed = True
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+                    # Closed before the last report: once Tune has it, the driver may read the
+                    # front, and Tune may stop this worker before the function returns.
+                    _tag_cuda(run)
+                    run.finish("FINISHED")
+                # 1.0 when MLflow has this stage; 0.0 tells the driver the result lives only in
+                # Ray's storage until `prunetune pareto` copies it over.
+                tune.report(
+                    metrics
+                    | {"mlflow_logged": float(run.lost is None), "parent": context.parent_run_id},
+                    checkpoint=tune.Checkpoint.from_directory(folder),
+                )
 
         try:
             run_schedule(
@@ -135,37 +134,39 @@ def run_trial(
                 state=state,
                 on_stage=on_stage,
             )
-        finally:  # evidence that a trial given no GPU never touched CUDA
-            tracking.set_tags(
-                context.tracking_uri,
-                run_id,
-                {"cuda_initialized": str(torch.cuda.is_initialized()).lower()},
-            )
+        finally:
+            if not run.closed:
+                _tag_cuda(run)
 
 
-def _log_final(
+def _tag_cuda(run: tracking.TrialRun) -> None:
+    """Evidence that a trial given no GPU never touched CUDA."""
+    run.set_tags({"cuda_initialized": str(torch.cuda.is_initialized()).lower()})
+
+
+def _final_bundle(
     context: TrialContext,
-    run_id: str,
     schedule: Schedule,
     result: StageResult,
     threads: int,
     folder: Path,
-) -> None:
-    """The exportable bundle: schedule file (with how to reproduce it), weights, widths."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        run = run_section(
-            context.data,
-            context.width,
-            int(vgg_classes(folder)),
-            context.seed,
-            context.baseline_path,
-        ) | {"threads": threads}
-        schedule_io.save(out / "schedule.yaml", schedule, run)
-        (out / "pruned.pt").write_bytes((folder / "pruned.pt").read_bytes())
-        (out / "widths.json").write_text(json.dumps(result.widths, indent=2))
-        (out / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
-        tracking.log_artifacts(context.tracking_uri, run_id, out, "final")
+) -> Path:
+    """The exportable bundle in folder/final: schedule file (with how to reproduce it),
+    weights, widths and metrics."""
+    out = folder / "final"
+    out.mkdir()
+    run = run_section(
+        context.data,
+        context.width,
+        int(vgg_classes(folder)),
+        context.seed,
+        context.baseline_path,
+    ) | {"threads": threads}
+    schedule_io.save(out / "schedule.yaml", schedule, run)
+    (out / "pruned.pt").write_bytes((folder / "pruned.pt").read_bytes())
+    (out / "widths.json").write_text(json.dumps(result.widths, indent=2))
+    (out / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
+    return out
 
 
 def vgg_classes(folder: Path) -> int:

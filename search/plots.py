@@ -1,0 +1,369 @@
+"""The search's pictures: the Pareto front, per-layer widths, accuracy through a schedule.
+
+Pure: plain data in, a PNG out (matplotlib's Agg backend, so it runs on headless nodes).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from search.results import TrialRow
+
+COLLAPSE = 0.1  # a layer keeping under 10% of its channels has collapsed
+DPI = 130
+OK, AT_FLOOR, COLLAPSED = "C0", "#e69f00", "#d62728"  # width bars; collapsed also get text
+FRONT = "#d62728"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # bbox "tight" keeps legends placed outside the axes inside the image
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def _pct(values: Sequence[float]) -> list[float]:
+    return [100 * v for v in values]
+
+
+# -- the Pareto front ---------------------------------------------------------------------------
+
+
+def plot_front(
+    rows: Sequence[TrialRow],
+    on_front: Sequence[TrialRow],
+    path: Path,
+    pick: TrialRow | None = None,
+    pick_label: str = "exported pick",
+) -> Path:
+    """Accuracy against cost for every completed trial; the front as a staircase (at any budget
+    the best reachable accuracy is the last front point at or below it)."""
+    plt = _pyplot()
+    usable = [r for r in rows if r.usable]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.scatter([r.cost for r in usable], _pct([r.val_acc for r in usable]), c="0.6", s=30, zorder=2)
+    ax.scatter([], [], c="0.6", s=30, label=f"completed trial ({len(usable)})")
+    ax.plot(
+        [r.cost for r in on_front],
+        _pct([r.val_acc for r in on_front]),
+        "o-",
+        c=FRONT,
+        drawstyle="steps-post",
+        zorder=3,
+        label=f"Pareto front ({len(on_front)})",
+    )
+    _mark_reference_and_pick(ax, usable, pick, pick_label)
+    left_out = len(rows) - len(usable)
+    ax.set_xlabel("cost: fine-tune epochs per trial")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"Accuracy vs. cost at {_target(rows)} MACs speed-up")
+    if left_out:
+        ax.annotate(
+            f"{left_out} trial(s) failed or stopped early: not shown",
+            (0, -0.17),
+            xycoords="axes fraction",
+            fontsize=8,
+            color="0.4",
+        )
+    _integer_x(ax)
+    _margins(ax, [r.val_acc for r in usable])
+    if not usable:  # say so, rather than show empty axes around 0
+        ax.set(xlim=(0, 1), ylim=(0, 100), xticks=[])
+        ax.text(0.5, 0.5, "no trial completed its schedule", ha="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=9)
+    return _save(fig, path)
+
+
+def _mark_reference_and_pick(
+    ax: Any, usable: Sequence[TrialRow], pick: TrialRow | None, pick_label: str
+) -> None:
+    for r in (r for r in usable if r.reference):
+        ax.scatter(
+            r.cost,
+            100 * r.val_acc,
+            marker="*",
+            s=260,
+            c="gold",
+            edgecolors="k",
+            zorder=4,
+            label="reference: Torch-Pruning one-shot",
+        )
+    if pick is not None:  # a ring, so the front's marker under it stays visible
+        ax.scatter(
+            pick.cost,
+            100 * pick.val_acc,
+            s=380,
+            facecolors="none",
+            edgecolors="k",
+            linewidths=2,
+            zorder=5,
+            label=f"{pick_label}: {pick.trial_id}",
+        )
+
+
+def _target(rows: Sequence[TrialRow]) -> str:
+    """Every completed trial lands within 1% of the target; the median names it."""
+    speedups = sorted(r.speedup for r in rows if r.usable)
+    return f"\u2248{speedups[len(speedups) // 2]:.2f}x" if speedups else "the target"
+
+
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _margins(ax: Any, accs: Sequence[float]) -> None:
+    """Room around the points so big markers are not clipped at the axes."""
+    if accs:
+        low, high = 100 * min(accs), 100 * max(accs)
+        pad = max(1.0, 0.15 * (high - low))
+        ax.set_ylim(low - pad, high + pad)
+    ax.margins(x=0.12)
+
+
+# -- per-layer widths ---------------------------------------------------------------------------
+
+
+def short_name(layer: str) -> str:
+    """VGG's conventional names: block0.3 -> conv1_2 (block b, conv at module index 3k)."""
+    match = re.fullmatch(r"block(\d+)\.(\d+)", layer)
+    if match is None:
+        return "fc" if layer == "classifier" else layer
+    block, index = int(match[1]), int(match[2])
+    return f"conv{block + 1}_{index // 3 + 1}"
+
+
+def layer_status(kept: int, original: int, floor: int) -> str:
+    if kept < COLLAPSE * original:
+        return "collapsed"
+    if kept <= floor < original:
+        return "at floor"  # the ranking wanted it narrower; only the floor kept these channels
+    return "ok"
+
+
+def plot_widths(
+    kept: dict[str, int],
+    original: dict[str, int],
+    floors: dict[str, int],
+    path: Path,
+    title: str,
+) -> list[str]:
+    """Channels kept against the original width, per layer (log scale, so 1-4 channels still
+    show next to 512). Returns the collapsed layers."""
+    plt = _pyplot()
+    names = list(kept)
+    status = [layer_status(kept[n], original[n], floors[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(names) + 2), 4.5))
+    _width_bars(ax, names, kept, original, floors, status)
+    _log2_y(ax, max(original.values()))
+    ax.set_xticks(range(len(names)), [short_name(n) for n in names], rotation=45, ha="right")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("output channels (log scale)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
+    collapsed = [n for n, s in zip(names, status, strict=True) if s == "collapsed"]
+    if collapsed:  # spelled out next to the plot, in case the red bars are missed
+        text = "\n".join(f"{short_name(n)}: {kept[n]} of {original[n]}" for n in collapsed)
+        ax.annotate(
+            f"collapsed:\n{text}",
+            (1.02, 0.0),
+            xycoords="axes fraction",
+            va="bottom",
+            fontsize=8,
+            color=COLLAPSED,
+            fontweight="bold",
+        )
+    _save(fig, path)
+    return collapsed
+
+
+def _width_bars(
+    ax: Any,
+    names: list[str],
+    kept: dict[str, int],
+    original: dict[str, int],
+    floors: dict[str, int],
+    status: list[str],
+) -> None:
+    """Original as a light bar behind, kept as a narrower bar coloured by its status, the kept
+    count above it, and the floor as a dashed tick across each bar."""
+    colour = {"ok": OK, "at floor": AT_FLOOR, "collapsed": COLLAPSED}
+    x = range(len(names))
+    ax.bar(x, [original[n] for n in names], width=0.8, color="0.85", label="original width")
+    bars = ax.bar(x, [kept[n] for n in names], width=0.55, color=[colour[s] for s in status])
+    ax.hlines(
+        [floors[n] for n in names],
+        [i - 0.4 for i in x],
+        [i + 0.4 for i in x],
+        colors="k",
+        linestyles="--",
+        linewidth=1.2,
+        label="floor (min channels kept)",
+    )
+    for bar, n, s in zip(bars, names, status, strict=True):
+        ax.annotate(
+            str(kept[n]),
+            (bar.get_x() + bar.get_width() / 2, kept[n]),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color=COLLAPSED if s == "collapsed" else "k",
+            fontweight="bold" if s == "collapsed" else "normal",
+        )
+    for key, text in (
+        ("ok", "kept"),
+        ("at floor", "kept, held up by the floor"),
+        ("collapsed", f"kept, collapsed (< {COLLAPSE:.0%} of original)"),
+    ):
+        if key in status:  # a legend entry only for what is drawn
+            ax.bar([0], [0], color=colour[key], label=text)
+
+
+def _log2_y(ax: Any, top: int) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.set_yscale("log", base=2)
+    ticks = [2**k for k in range(0, max(1, top).bit_length() + 1)]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_yticklabels([str(t) for t in ticks])
+    ax.set_ylim(0.8, top * 1.6)  # room for the number above the widest bar
+
+
+# -- accuracy through the schedule --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagePoint:
+    stage: int
+    speedup: float  # reached by this stage's prune
+    epochs_before: float  # cumulative epochs when the stage pruned (sparse training included)
+    epochs_after: float  # ... after its fine-tune
+    acc_after_prune: float
+    acc: float  # after the fine-tune
+
+
+def stage_points(history: dict[str, dict[int, float]]) -> list[StagePoint]:
+    """From per-stage metric histories (metric -> step -> value, step = stage)."""
+    keys = ("val_acc", "val_acc_after_prune", "epochs", "epochs_used", "speedup")
+    steps = sorted(set.intersection(*(set(history.get(k, {})) for k in keys)))
+    return [
+        StagePoint(
+            stage=s,
+            speedup=history["speedup"][s],
+            epochs_before=history["epochs_used"][s] - history["epochs"][s],
+            epochs_after=history["epochs_used"][s],
+            acc_after_prune=history["val_acc_after_prune"][s],
+            acc=history["val_acc"][s],
+        )
+        for s in steps
+    ]
+
+
+def sawtooth(points: Sequence[StagePoint], base_acc: float | None) -> tuple[list, list]:
+    """(epochs, accuracy) through the schedule: each prune drops, each fine-tune climbs."""
+    xs, ys = ([0.0], [base_acc]) if base_acc is not None else ([], [])
+    for p in points:
+        xs += [p.epochs_before, p.epochs_after]
+        ys += [p.acc_after_prune, p.acc]
+    return xs, _pct(ys)
+
+
+def plot_schedule_accuracy(
+    curves: dict[str, Sequence[StagePoint]],
+    path: Path,
+    title: str,
+    base_acc: float | None = None,
+) -> Path:
+    """One sawtooth per trial (label -> its stages). With one trial the values are written at
+    the points and the top axis names the speed-up each prune reached."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if base_acc is not None:
+        ax.axhline(100 * base_acc, color="0.4", ls=":", lw=1.2, label=f"baseline {base_acc:.1%}")
+    for i, (label, points) in enumerate(curves.items()):
+        _draw_curve(ax, points, base_acc, f"C{i % 10}", label)
+    if len(curves) == 1:
+        (points,) = curves.values()
+        _label_values(ax, points)
+        _prune_axis(ax, points)
+    ax.scatter([], [], marker="v", c="w", edgecolors="k", label="right after a prune")
+    ax.scatter([], [], marker="o", c="w", edgecolors="k", label="after its fine-tune")
+    ax.set_xlabel("cumulative fine-tune epochs (sparse training included)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    _integer_x(ax)
+    top = max([max(sawtooth(p, base_acc)[1], default=0.0) for p in curves.values()], default=1)
+    # room above for the value labels; markers at 0-1% (a collapsed prune) are drawn unclipped
+    ax.set_ylim(0, top + max(3.0, 0.08 * top))
+    ax.margins(x=0.07)  # room for the value labels of the last points
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
+    return _save(fig, path)
+
+
+def _draw_curve(
+    ax: Any, points: Sequence[StagePoint], base_acc: float | None, colour: str, label: str
+) -> None:
+    xs, ys = sawtooth(points, base_acc)
+    ax.plot(xs, ys, "-", color=colour, lw=1.5, label=label)
+    style = {"color": colour, "edgecolors": "k", "linewidths": 0.5, "zorder": 3, "clip_on": False}
+    pruned = [(p.epochs_before, 100 * p.acc_after_prune) for p in points]
+    tuned = [(p.epochs_after, 100 * p.acc) for p in points]
+    for marks, marker, size in ((pruned, "v", 45), (tuned, "o", 35)):
+        if marks:
+            ax.scatter(*zip(*marks, strict=True), marker=marker, s=size, **style)
+
+
+def _label_values(ax: Any, points: Sequence[StagePoint]) -> None:
+    """Accuracy next to each point; a 0-epoch stage puts points on top of each other, and only
+    the first of those gets a label."""
+    seen: list[tuple[float, float]] = []
+    for p in points:
+        for x, acc, dy in ((p.epochs_before, p.acc_after_prune, -12), (p.epochs_after, p.acc, 5)):
+            if any(abs(x - sx) < 0.05 and abs(acc - sa) < 0.03 for sx, sa in seen):
+                continue
+            seen.append((x, acc))
+            ax.annotate(
+                f"{acc:.1%}",
+                (x, 100 * acc),
+                xytext=(4, dy),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.2",
+            )
+
+
+def _prune_axis(ax: Any, points: Sequence[StagePoint]) -> None:
+    """Top axis: where each prune happened and the speed-up it reached (prunes at the same epoch,
+    after 0-epoch stages, share one tick)."""
+    at: dict[float, list[str]] = {}
+    for p in points:
+        at.setdefault(p.epochs_before, []).append(f"{p.speedup:.2f}x")
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(list(at), ["\u2192".join(v) for v in at.values()], fontsize=7)
+    top.set_xlabel("pruned to (MACs speed-up)", fontsize=8)
+    for x in at:
+        ax.axvline(x, color="0.8", lw=0.8, zorder=0)

@@ -1,0 +1,170 @@
+"""What the plots and the report of a search need, read back from MLflow (drawn by search.plots,
+written by search.report)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from pruning import schedule as schedule_io
+from pruning.models import vgg19
+from pruning.prune import channel_floor, layer_widths
+from search.pareto import Pick
+from search.plots import (
+    StagePoint,
+    plot_front,
+    plot_schedule_accuracy,
+    plot_widths,
+    stage_points,
+)
+from search.report import Figure, ReportData, space_from_json
+from search.results import TrialRow, front, load_rows, pick
+from trainables import tracking
+
+# name -> file; also the order the report shows them in
+FILES = {
+    "pareto": "pareto.png",
+    "widths": "widths.png",
+    "accuracy": "accuracy.png",
+    "accuracy_front": "accuracy_front.png",
+}
+CAPTIONS = {
+    "pareto": "Validation accuracy against fine-tune cost for every completed trial; the front "
+    "as a staircase (the best accuracy reachable within a budget), the reference recipe as a "
+    "star and the chosen trial circled.",
+    "widths": "Channels the chosen trial keeps per layer (log scale) against the original width, "
+    "with the per-layer floor dashed; collapsed layers are red.",
+    "accuracy": "Accuracy of the chosen trial through its schedule: each prune drops it, each "
+    "fine-tune recovers it.",
+    "accuracy_front": "The same for every trial on the Pareto front.",
+}
+STAGE_KEYS = ["val_acc", "val_acc_after_prune", "epochs", "epochs_used", "speedup"]
+
+
+def curve(uri: str, row: TrialRow) -> list[StagePoint]:
+    return stage_points(tracking.metric_history(uri, row.run_id, STAGE_KEYS))
+
+
+def layer_data(
+    schedule_file: Path, widths_file: Path
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """(kept, original, floor) channels per pruned layer of a trial's final model."""
+    schedule, run = schedule_io.load(schedule_file)
+    model_info = run.get("model", {})
+    kept = json.loads(widths_file.read_text())
+    # the unpruned layout only; "meta" tensors hold no memory, so full width costs nothing
+    with torch.device("meta"):
+        model = vgg19(int(model_info.get("num_classes", 100)), float(model_info.get("width", 1.0)))
+    original = layer_widths(model)
+    output = list(original)[-1]  # the classifier's outputs are the classes: never pruned
+    names = [n for n in kept if n != output and n in original]
+    floors = {
+        n: channel_floor(original[n], schedule.min_channels, schedule.min_channel_ratio)
+        for n in names
+    }
+    return {n: kept[n] for n in names}, {n: original[n] for n in names}, floors
+
+
+def label(row: TrialRow, chosen: TrialRow | None = None) -> str:
+    extra = " (reference)" if row.reference else ""
+    extra += " (pick)" if chosen is not None and row.run_id == chosen.run_id else ""
+    return f"{row.trial_id}: {row.val_acc:.1%} at {row.cost:g} ep{extra}"
+
+
+def render_plots(
+    uri: str,
+    rows: Sequence[TrialRow],
+    on_front: Sequence[TrialRow],
+    folder: Path,
+    chosen: TrialRow | None = None,
+    pick_label: str = "exported pick",
+    base_acc: float | None = None,
+) -> dict[str, Path]:
+    """Every plot of FILES into `folder`; the widths and single-trial plots need a chosen trial."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"pareto": plot_front(rows, on_front, folder / FILES["pareto"], chosen, pick_label)}
+    if on_front:
+        paths["accuracy_front"] = plot_schedule_accuracy(
+            {label(r, chosen): curve(uri, r) for r in on_front},
+            folder / FILES["accuracy_front"],
+            f"Accuracy through the schedule of the Pareto front ({len(on_front)} trials)",
+            base_acc,
+        )
+    if chosen is not None:
+        paths |= _chosen_plots(uri, chosen, folder, base_acc)
+    return {k: paths[k] for k in FILES if k in paths}
+
+
+def _chosen_plots(
+    uri: str, chosen: TrialRow, folder: Path, base_acc: float | None
+) -> dict[str, Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        schedule_file = tracking.download(uri, chosen.run_id, "final/schedule.yaml", Path(tmp))
+        widths_file = tracking.download(uri, chosen.run_id, "final/widths.json", Path(tmp))
+        kept, original, floors = layer_data(schedule_file, widths_file)
+        schedule, _ = schedule_io.load(schedule_file)
+    floor = f"max({schedule.min_channels}, ceil({schedule.min_channel_ratio:g} \u00d7 original))"
+    plot_widths(
+        kept,
+        original,
+        floors,
+        folder / FILES["widths"],
+        f"Channels kept per layer, trial {chosen.trial_id} at {chosen.speedup:.2f}x MACs speed-up\n"
+        f"{schedule.importance} importance, {schedule.ranking} ranking, floor {floor}",
+    )
+    summary = "\n".join(textwrap.wrap(chosen.schedule, 90))
+    accuracy = plot_schedule_accuracy(
+        {label(chosen): curve(uri, chosen)},
+        folder / FILES["accuracy"],
+        f"Accuracy through the schedule of trial {chosen.trial_id}\n{summary}",
+        base_acc,
+    )
+    return {"widths": folder / FILES["widths"], "accuracy": accuracy}
+
+
+def _text(uri: str, run_id: str, path: str) -> str:
+    """An artifact's text, or "" when the run has none (a search from an older version)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return tracking.download(uri, run_id, path, Path(tmp)).read_text()
+        except RuntimeError:
+            return ""
+
+
+def report_data(
+    uri: str,
+    experiment: str,
+    how: Pick,
+    how_text: str,
+    plots_dir: Path,
+    parent_id: str | None = None,
+) -> ReportData:
+    """Everything the report shows, for the latest search (or `parent_id`'s); the plots are
+    written to `plots_dir` as well."""
+    parent_id = parent_id or tracking.latest_parent(uri, experiment)
+    rows = load_rows(uri, experiment, parent_id)
+    on_front = front(rows)
+    chosen = pick(rows, how) if any(r.usable for r in rows) else None
+    base_acc = tracking.run_metrics(uri, parent_id).get("base_val_acc")
+    paths = render_plots(uri, rows, on_front, plots_dir, chosen, how_text, base_acc)
+    return ReportData(
+        experiment=experiment,
+        tracking_uri=uri,
+        experiment_id=tracking.experiment_id(uri, experiment),
+        parent_run_id=parent_id,
+        ui_command=tracking.ui_command(uri),
+        config_yaml=_text(uri, parent_id, "experiment.yaml"),
+        search_space=space_from_json(_text(uri, parent_id, "search_space.json")),
+        rows=rows,
+        front_ids={r.run_id for r in on_front},
+        pick=chosen,
+        pick_how=how_text,
+        schedule_yaml=_text(uri, chosen.run_id, "final/schedule.yaml") if chosen else "",
+        base_acc=base_acc,
+        figures=[Figure(CAPTIONS[k], p.read_bytes()) for k, p in paths.items()],
+    )
