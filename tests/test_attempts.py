@@ -105,3 +105,20 @@ def test_retry_delays_come_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     calls.clear()
     with pytest.raises(RuntimeError, match="a call failed after 2 attempts: blip"):
         tracking._retry(flaky, "a call")
+
+
+def test_a_finished_attempt_that_tune_runs_again_is_superseded(where: tuple[str, str, str]) -> None:
+    """The trial closed its run, then the driver died before Tune registered the last report:
+    on resume Tune runs the trial again, and only the new run may count."""
+    uri, experiment, parent = where
+    with tracking.trial_run(uri, experiment, parent, "t5", "trial_5", {}) as first:
+        first.completed = True
+        first.finish("FINISHED")  # as a trial does just before its last report
+    with tracking.trial_run(
+        uri, experiment, parent, "t5", "trial_5", {}, resumed_from_stage=1
+    ) as second:
+        second.completed = True
+    old = tracking.client(uri).get_run(first.run_id)
+    assert old.info.status == "KILLED" and old.data.tags[tracking.RETRIED_AS_TAG] == second.run_id
+    statuses = sorted(r.info.status for r in tracking.trial_runs(uri, "attempts", parent))
+    assert statuses == ["FINISHED", "KILLED"]

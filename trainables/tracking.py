@@ -138,19 +138,22 @@ def _attempts(uri: str, experiment_id: str, parent_id: str, trial_id: str) -> li
 
 
 def _close_dead_attempts(uri: str, earlier: list[Any], new_id: str) -> None:
-    """An earlier attempt still RUNNING died with its worker (or the driver): mark it FAILED and
-    point it at the run that replaces it, so it is never lost and never counted."""
+    """Earlier attempts point at the run that replaces them. One still RUNNING died with its
+    worker (or the driver): FAILED. One FINISHED had closed its run but Tune never got its last
+    report (the driver died in between), so Tune runs it again: KILLED, so that only the new
+    run counts."""
     for run in earlier:
         tags = {RETRIED_AS_TAG: new_id}
-        if run.info.status == "RUNNING":
+        status = run.info.status
+        if status in ("RUNNING", "FINISHED"):
+            why = "attempt left its run open" if status == "RUNNING" else "finished attempt"
             tags["error"] = (
-                "attempt left its run open (its worker, the driver or the tracking connection "
-                f"was lost); continued as run {new_id}"
+                f"{why}, but Ray ran the trial again (its worker, the driver or the tracking "
+                f"connection was lost); continued as run {new_id}"
             )
-            set_tags(uri, run.info.run_id, tags)
-            finish_run(uri, run.info.run_id, "FAILED")
-        else:
-            set_tags(uri, run.info.run_id, tags)
+        set_tags(uri, run.info.run_id, tags)
+        if status in ("RUNNING", "FINISHED"):
+            finish_run(uri, run.info.run_id, "FAILED" if status == "RUNNING" else "KILLED")
 
 
 def _copy_history(uri: str, src: str, dst: str, until_step: int) -> None:
