@@ -18,7 +18,7 @@ DEMO_OUT ?= runs/demo
 # (Ray workers inherit it too).
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo test test-all lint format clean-venv
+.PHONY: install demo study test test-all lint format clean-venv
 
 install: $(LINK_STAMP)
 
@@ -39,6 +39,12 @@ $(LINK_STAMP): $(DEPS_STAMP)
 
 demo: install
 	@bash experiments/demo.sh "$(BIN)" "$(SHARED_CIFAR10)" "$(DATA_CACHE)" "$(DEMO_OUT)"
+
+# The CIFAR-10 study (issue 6): about an hour here; finished steps are skipped on a rerun.
+study: install
+	$(BIN)/python experiments/study_cifar10/study.py run --tarball "$(SHARED_CIFAR10)" \
+		--images "$(DATA_CACHE)/cifar10-jpeg"
+	$(BIN)/python experiments/study_cifar10/study.py report --images "$(DATA_CACHE)/cifar10-jpeg"
 
 test: install
 	$(BIN)/ruff check .

@@ -35,8 +35,9 @@ class RayTrial:
 
     @property
     def completed(self) -> bool:
-        final = self.checkpoint / "final" if self.checkpoint else None
-        return bool(self.stages) and self.stages[-1].get("completed") == 1.0 and final.is_dir()
+        if not self.stages or self.checkpoint is None:
+            return False
+        return self.stages[-1].get("completed") == 1.0 and (self.checkpoint / "final").is_dir()
 
 
 def read_trials(experiment_dir: Path, parent_run_id: str | None = None) -> list[RayTrial]:
