@@ -82,6 +82,11 @@ def plot_front(
         )
     _integer_x(ax)
     _margins(ax, [r.val_acc for r in usable])
+    costs = {r.cost for r in usable}
+    if len(costs) == 1:  # one budget for every trial: one tick, not fractions of an epoch
+        (cost,) = costs
+        ax.set_xlim(cost - 1, cost + 1)
+        ax.set_xticks([cost])
     if not usable:  # say so, rather than show empty axes around 0
         ax.set(xlim=(0, 1), ylim=(0, 100), xticks=[])
         ax.text(0.5, 0.5, "no trial completed its schedule", ha="center", transform=ax.transAxes)

@@ -156,4 +156,4 @@ def test_console_script_help() -> None:
     out = subprocess.run(
         [str(script), "replay", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    assert "example:" in out and "--checkpoint" in out
+    assert "examples:" in out and "--checkpoint" in out
