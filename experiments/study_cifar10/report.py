@@ -196,7 +196,7 @@ below are measured on this machine and rewritten on every run.
 - Target: {c["target_speedup"]}x MACs speed-up. Budget B = {c["budget_epochs"]} fine-tune
   epochs for every arm and every search trial.
 - Arms: {"; ".join(ARMS.values())}. Final runs use seeds {c["seeds"]} (the search used seed 0),
-  {c["threads"]} torch threads each, one at a time.
+  {c["threads"]} torch thread(s) each, {c["parallel"]} at a time.
 - Search: {_search_cost(study)}.
 
 ## Results (mean ± std over {len(c["seeds"])} seeds)
