@@ -24,6 +24,6 @@ start=$(date +%s)
 "$prunetune" search "$config" "${data[@]}" "out=$out"
 "$prunetune" export "$config" "${data[@]}" "out=$out" --pick knee --out "$out/export"
 echo "" >&2
-echo "demo finished in $(( $(date +%s) - start )) s. Export: $out/export (schedule.yaml, pruned.pt, report.md)" >&2
+echo "demo finished in $(( $(date +%s) - start )) s. Export: $out/export (schedule.yaml, pruned.pt, plots, report.html)" >&2
 echo "open the results in the MLflow UI:" >&2
 echo "  $bin/mlflow ui --backend-store-uri sqlite:///$(cd "$out" && pwd)/mlflow.db --host 127.0.0.1 --port 5000" >&2
