@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from trial_rows import row
 
 from pruning import schedule as schedule_io
 from pruning.models import vgg19
@@ -22,7 +23,6 @@ from search.plots import (
     stage_points,
 )
 from search.readback import layer_data
-from search.results import TrialRow
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FULL = {n: c for n, c in layer_widths(vgg19(100)).items() if n != "classifier"}
@@ -32,23 +32,6 @@ def assert_png(path: Path, min_bytes: int = 15_000) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG
     assert len(data) > min_bytes  # an empty figure is a few kB; these have bars, text, legend
-
-
-def row(i: int, acc: float, cost: float, done: bool = True, reference: bool = False) -> TrialRow:
-    return TrialRow(
-        run_id=f"run{i}",
-        trial_id=f"t{i:04d}",
-        status="FINISHED" if done else "KILLED",
-        completed=done,
-        val_acc=acc,
-        cost=cost,
-        speedup=8.84,
-        macs=58e6,
-        params=1.2e6,
-        train_seconds=100.0,
-        schedule="group_norm/global, 8.84x/4ep@0.01",
-        reference=reference,
-    )
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import dataclasses
 from html.parser import HTMLParser
 
 import pytest
+from trial_rows import row
 
 from search.plots import plot_front
 from search.report import Figure, ReportData, build_html, run_link
-from search.results import TrialRow
 
 SCHEDULE = """format: prunetune.schedule
 version: 1
@@ -19,23 +19,6 @@ schedule:
   stages:
   - {speedup: 8.84, epochs: 30, lr: 0.01, lr_schedule: step}
 """
-
-
-def row(i: int, acc: float, cost: float, done: bool = True, reference: bool = False) -> TrialRow:
-    return TrialRow(
-        run_id=f"run{i}",
-        trial_id=f"t{i:04d}",
-        status="FINISHED" if done else "KILLED",
-        completed=done,
-        val_acc=acc,
-        cost=cost,
-        speedup=8.84,
-        macs=58e6,
-        params=1.2e6,
-        train_seconds=100.0,
-        schedule="group_norm/global, 3x/10ep@0.01 -> 8.84x/30ep@0.01",
-        reference=reference,
-    )
 
 
 class Links(HTMLParser):
