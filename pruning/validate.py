@@ -1,10 +1,14 @@
-"""Small validators shared by the config dataclasses: errors name the field, value and range."""
+"""The one validation helper: every error names the field, the value and what is allowed.
+
+Names also get a did-you-mean hint (the closest allowed name), for both keys and choices.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -26,6 +30,21 @@ def number_in(name: str, value: object, low: float, high: float, low_open: bool 
     require(ok, name, value, f"it must be a number in {bracket}{low}, {high}]")
 
 
+def did_you_mean(value: object, names: Iterable[str]) -> str:
+    """ "did you mean 'x'? " for the closest of ``names``, or "" when none is close."""
+    close = difflib.get_close_matches(str(value), list(names), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def choice(field: str, value: object, names: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``names``, else raise with the names and a hint."""
+    names = tuple(names)
+    if isinstance(value, str) and value in names:
+        return value
+    hint = did_you_mean(value, names)
+    raise ValueError(f"{field}={value!r} is invalid: {hint}it must be one of: {', '.join(names)}")
+
+
 def build_dataclass(cls: type, data: Any, where: str) -> Any:
     """cls(**data), rejecting unknown keys with the closest valid one as a suggestion."""
     if not isinstance(data, dict):
@@ -33,8 +52,7 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(key, names)
             raise ValueError(f"{where}: unknown key {key!r}; {hint}valid keys: {', '.join(names)}")
     try:
         return cls(**data)
