@@ -45,8 +45,8 @@ def choice(field: str, value: object, names: Iterable[str]) -> str:
     raise ValueError(f"{field}={value!r} is invalid: {hint}it must be one of: {', '.join(names)}")
 
 
-def build_dataclass(cls: type, data: Any, where: str) -> Any:
-    """cls(**data), rejecting unknown keys with the closest valid one as a suggestion."""
+def check_keys(cls: type, data: Any, where: str) -> None:
+    """`data` must be a mapping whose keys are all fields of `cls` (a did-you-mean otherwise)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
@@ -54,6 +54,11 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
         if key not in names:
             hint = did_you_mean(key, names)
             raise ValueError(f"{where}: unknown key {key!r}; {hint}valid keys: {', '.join(names)}")
+
+
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """cls(**data), rejecting unknown keys with the closest valid one as a suggestion."""
+    check_keys(cls, data, where)
     try:
         return cls(**data)
     except TypeError as err:  # a required field is missing
