@@ -6,19 +6,10 @@ bin=$1 tarball=$2 cache=$3 out=$4
 prunetune="$bin/prunetune"
 config=experiments/demo_search.yaml
 
-if [ -f "$tarball" ]; then
-  root="$cache/cifar10-jpeg"
-  if [ ! -d "$root/train" ]; then
-    echo "unpacking the real CIFAR-10 training JPEGs to $root (once)" >&2
-    mkdir -p "$root" && tar -xzf "$tarball" -C "$root"
-  fi
-  echo "demo data: the real CIFAR-10 training split (JPEG copy) in $root" >&2
-  data=(data.name=imagefolder "data.root=$root")
-else
-  echo "no CIFAR-10 copy at $tarball: the demo uses GENERATED data, not real images" >&2
-  echo "(pass SHARED_CIFAR10=/path/to/cifar10-train-jpeg.tar.gz to use real images)" >&2
-  data=(data.name=synthetic)
-fi
+# The first line says which data and why (experiments/demo_data.py: the shared JPEG copy, else
+# torchvision's CIFAR-10 download when the network answers, else generated images).
+choice=$("$bin/python" experiments/demo_data.py "$tarball" "$cache")
+mapfile -t data <<< "$choice"
 
 start=$(date +%s)
 "$prunetune" search "$config" "${data[@]}" "out=$out"

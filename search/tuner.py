@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata as md
 import json
-import os
 import subprocess
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -19,7 +20,9 @@ from ray.tune.schedulers import ASHAScheduler
 from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
 from search.callbacks import TrialProgress
+from search.cluster import check_resources, init_ray
 from search.config import ExperimentConfig, config_to_dict
+from search.lock import search_lock
 from search.progress import say
 from search.space import (
     describe_space,
@@ -138,6 +141,42 @@ def _parent_run(config: ExperimentConfig, resume: bool) -> tuple[str, str]:
     return parent, experiment_id
 
 
+# Settings that may change between a search and its resume: the cluster it runs on.
+RESUME_MAY_DIFFER = ("ray_address",)
+
+
+def check_resumable(config: ExperimentConfig, force: bool) -> None:
+    """--resume continues the search whose state is in the out folder, under the config it
+    started with: refuse when there is none, and when the config now differs (unless force)."""
+    state, stored = _state_file(config), config.out_dir / "experiment.yaml"
+    if not state.is_file():
+        raise ValueError(
+            f"--resume: there is no search to resume in {config.out_dir} (no search.json); "
+            "pass the overrides (out=..., name=...) the search ran with, or drop --resume to "
+            "start a new search"
+        )
+    if not stored.is_file():
+        say(f"--resume: {stored} is missing, so the config cannot be compared; resuming")
+        return
+    before = _flatten(yaml.safe_load(stored.read_text()) or {})
+    now = _flatten(config_to_dict(config))
+    differ = sorted(
+        k
+        for k in before.keys() | now.keys()
+        if before.get(k) != now.get(k) and k not in RESUME_MAY_DIFFER
+    )
+    if not differ:
+        return
+    changes = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differ)
+    if not force:
+        raise ValueError(
+            f"--resume: the config differs from the one the search in {config.out_dir} started "
+            f"with ({changes}). Resume with the same config and overrides, start a new search "
+            "in another folder (out=...), or pass --force to resume under the new config"
+        )
+    say(f"--resume --force: resuming although the config changed ({changes})")
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in d.items():
@@ -146,20 +185,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{k}"] = v
     return flat
-
-
-def _init_ray(config: ExperimentConfig) -> None:
-    # A checkpoint per stage is the design (restarts continue from the last stage); Tune's
-    # "snapshotting too often" warning would repeat on every short stage.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
-    if config.ray_address:
-        ray.init(address=config.ray_address, log_to_driver=False)
-    else:
-        # "local": start a fresh cluster, never join one that RAY_ADDRESS or a past `ray start`
-        # points at; joining a cluster is what --address is for.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
 def _trainable(config: ExperimentConfig, context: TrialContext, baseline: dict[str, Any]) -> Any:
@@ -209,10 +234,23 @@ def _same_point(config: dict[str, Any] | None, point: dict[str, Any]) -> bool:
     return bool(config) and all(config.get(k) == v for k, v in point.items())
 
 
+@contextlib.contextmanager
+def search_session(config: ExperimentConfig, resume: bool, force: bool = False) -> Iterator[None]:
+    """The life of one search: what --resume would continue is checked first (before any
+    folder is made), then the out folder is locked until the front has been read and logged."""
+    if resume:
+        check_resumable(config, force)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    with search_lock(config.out_dir):
+        yield
+
+
 def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
     known_points(config)  # bad injected points fail here, before any compute
     config.out_dir.mkdir(parents=True, exist_ok=True)
     tracking.check_reachable(config.tracking_uri)
+    init_ray(config)
+    check_resources(config)  # trials that can never be placed: now, not after the pretraining
     baseline, baseline_path = baseline_weights(config)
     parent, experiment_id = _parent_run(config, resume)
     base_acc = baseline_accuracy(config, baseline_path)
@@ -234,7 +272,6 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         parent_run_id=parent,
         baseline_path=baseline_path,
     )
-    _init_ray(config)
     grid = _tuner(config, _trainable(config, context, baseline), resume, context).fit()
     reference = reference_point(config) if config.reference_trial else None
     results = [
@@ -248,3 +285,17 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         for r in grid
     ]
     return SearchOutcome(parent, experiment_id, results)
+
+
+def failure_summary(results: list[dict[str, Any]]) -> str | None:
+    """When every trial failed: how many, and the most common error (its last line, where Ray's
+    traceback names the exception). None when at least one trial did not fail."""
+    errors = [r["error"] for r in results if r["error"]]
+    if not results or len(errors) < len(results):
+        return None
+    last_lines = [[ln for ln in e.strip().splitlines() if ln.strip()][-1].strip() for e in errors]
+    common, count = Counter(last_lines).most_common(1)[0]
+    return (
+        f"all {len(results)} trials failed; the most common error ({count} of {len(results)}): "
+        f"{common}"
+    )
