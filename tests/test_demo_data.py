@@ -8,13 +8,12 @@ import io
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 from PIL import Image
 from support.procs import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments"))
-import demo_data  # noqa: E402
+import demo_data
 
 
 def _never() -> bool:
