@@ -5,87 +5,43 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from procs import kill_tree
-from run_checks import assert_one_finished_run_per_trial
-from test_cluster import EXPERIMENT, ROOT, cluster_env, start_nodes
+from support.experiment import tiny_experiment
+from support.mlflow_server import runs_by_role
+from support.polling import wait_for
+from support.procs import ROOT, kill_tree, start_prunetune
+from support.ray_nodes import cluster_env, head_and_worker, worker_node_id
+from support.run_checks import assert_one_finished_run_per_trial
 
 pytestmark = pytest.mark.cluster
-SLOW_TRIALS = EXPERIMENT | {
-    "data": {"name": "synthetic", "samples": 1500, "num_classes": 4, "val_size": 0.2},
+SLOW_TRIALS = tiny_experiment(
+    "cluster",
+    resources={"cpu": 1},
+    data={"samples": 1500},
     # Two stages, 1 + 3 epochs: a trial spends a while between its stage-1 checkpoint and the end.
-    "points": [{"n_stages": 2, "total_epochs": 4, "epochs_0": 0.25, "epochs_1": 1.0}],
-    "space": {"max_stages": 2, "total_epochs": [4]},
-    "max_failures": 2,
-}
+    points=[{"n_stages": 2, "total_epochs": 4, "epochs_0": 0.25, "epochs_1": 1.0}],
+    space={"total_epochs": [4]},
+    max_failures=2,
+)
+
+
+def write_config(folder: Path, name: str) -> Path:
+    """The slow experiment as `name`, its run and Ray's shared storage (what NFS or S3 would be
+    on a real cluster) in `folder`."""
+    config = folder / "c.yaml"
+    where = {"out": str(folder / "run"), "storage_path": str(folder / "shared")}
+    config.write_text(yaml.safe_dump(SLOW_TRIALS | {"name": name} | where))
+    return config
 
 
 def start_search(config: Path, address: str, uri: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "search.cli",
-            "search",
-            str(config),
-            "--address",
-            address,
-            "--mlflow-uri",
-            uri,
-            *extra,
-        ],
-        cwd=config.parent,
-        env=cluster_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def trial_runs(uri: str, name: str) -> list:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return []
-    return [
-        r
-        for r in client.search_runs([exp.experiment_id])
-        if r.data.tags.get("prunetune.role") == "trial"
-    ]
-
-
-def wait_for(predicate, what: str, timeout: float = 300) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def worker_node_id(address: str) -> str:
-    probe = (
-        "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-        "print([n['NodeID'] for n in ray.nodes() if n['Alive'] and "
-        "'node:__internal_head__' not in n['Resources']][0])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe, address],
-        env=cluster_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    argv = ("search", str(config), "--address", address, "--mlflow-uri", uri, *extra)
+    return start_prunetune(*argv, cwd=config.parent, env=cluster_env())
 
 
 class StderrLines:
@@ -107,14 +63,8 @@ class StderrLines:
 
 def test_worker_node_dies_mid_trial_and_the_trial_continues(mlflow_server, tmp_path) -> None:
     name = "worker-dies"
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            SLOW_TRIALS
-            | {"name": name, "out": str(tmp_path / "run"), "storage_path": str(tmp_path / "shared")}
-        )
-    )
-    with start_nodes() as (address, procs):
+    config = write_config(tmp_path, name)
+    with head_and_worker() as (address, procs):
         worker = worker_node_id(address)
         search = start_search(config, address, mlflow_server)
         stderr = StderrLines(search)
@@ -130,7 +80,7 @@ def test_worker_node_dies_mid_trial_and_the_trial_continues(mlflow_server, tmp_p
             def mid_schedule_on_worker():
                 return [
                     r
-                    for r in trial_runs(mlflow_server, name)
+                    for r in runs_by_role(mlflow_server, name, "trial")
                     if r.data.tags.get("ray_node_id") == worker
                     and r.info.status == "RUNNING"
                     and saved_stage_1(r)
@@ -143,7 +93,7 @@ def test_worker_node_dies_mid_trial_and_the_trial_continues(mlflow_server, tmp_p
         finally:
             if search.poll() is None:
                 search.kill()
-    runs = trial_runs(mlflow_server, name)
+    runs = runs_by_role(mlflow_server, name, "trial")
     assert_one_finished_run_per_trial(runs, 4)  # none lost, none counted twice
     client = MlflowClient(mlflow_server)
     dead = client.get_run(victim.info.run_id)  # the attempt that died with the worker
@@ -159,18 +109,14 @@ def test_worker_node_dies_mid_trial_and_the_trial_continues(mlflow_server, tmp_p
 
 def test_driver_killed_mid_search_then_resumed(mlflow_server, tmp_path) -> None:
     name = "driver-dies"
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            SLOW_TRIALS
-            | {"name": name, "out": str(tmp_path / "run"), "storage_path": str(tmp_path / "shared")}
-        )
-    )
-    with start_nodes() as (address, _):
+    config = write_config(tmp_path, name)
+    with head_and_worker() as (address, _):
         search = start_search(config, address, mlflow_server)
         try:
             wait_for(
-                lambda: any(r.info.status == "FINISHED" for r in trial_runs(mlflow_server, name)),
+                lambda: any(
+                    r.info.status == "FINISHED" for r in runs_by_role(mlflow_server, name, "trial")
+                ),
                 "a finished trial",
             )
             search.send_signal(signal.SIGKILL)
@@ -182,6 +128,6 @@ def test_driver_killed_mid_search_then_resumed(mlflow_server, tmp_path) -> None:
         resumed = start_search(config, address, mlflow_server, "--resume")
         assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
     # Trials running when the driver died ran again as new attempts, linked to the dead ones.
-    assert_one_finished_run_per_trial(trial_runs(mlflow_server, name), 4)
+    assert_one_finished_run_per_trial(runs_by_role(mlflow_server, name, "trial"), 4)
     assert (tmp_path / "run" / "search.json").read_text() == parent_before  # same parent run
     assert ROOT.is_dir()

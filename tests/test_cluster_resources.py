@@ -4,91 +4,41 @@ initialises CUDA."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
-from mlflow.tracking import MlflowClient
-from test_cluster import BIN, EXPERIMENT, cluster_env, wait_for_nodes
+from support.experiment import tiny_experiment
+from support.mlflow_server import runs_by_role
+from support.procs import run_prunetune
+from support.ray_nodes import cluster_env, head_node
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
 def gpu_head():
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--num-gpus=1",
-            "--include-dashboard=false",
-            "--block",
-            "--disable-usage-stats",
-        ],
-        env=cluster_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(5)
-        wait_for_nodes(f"127.0.0.1:{port}", 1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with head_node("--num-cpus=2", "--num-gpus=1") as (address, _):
+        yield address
 
 
 def search(address: str, uri: str, tmp_path: Path, name: str, gpu: float) -> list:
     config = tmp_path / f"{name}.yaml"
     config.write_text(
         yaml.safe_dump(
-            EXPERIMENT
-            | {
-                "name": name,
-                "num_trials": 2,
-                "max_concurrent": 2,
-                "out": str(tmp_path / name),
-                "resources": {"cpu": 1, "gpu": gpu},
-            }
+            tiny_experiment(
+                name,
+                num_trials=2,
+                max_concurrent=2,
+                out=str(tmp_path / name),
+                resources={"cpu": 1, "gpu": gpu},
+            )
         )
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "search.cli",
-            "search",
-            str(config),
-            "--address",
-            address,
-            "--mlflow-uri",
-            uri,
-        ],
-        cwd=tmp_path,
-        env=cluster_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = ("search", str(config), "--address", address, "--mlflow-uri", uri)
+    done = run_prunetune(*argv, cwd=tmp_path, env=cluster_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    runs = [
-        r
-        for r in client.search_runs([exp.experiment_id])
-        if r.data.tags.get("prunetune.role") == "trial"
-    ]
+    runs = runs_by_role(uri, name, "trial")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     return runs
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
+from support.procs import subprocess_env
 
 from pruning import data
 from pruning.data import BatchLoader, DataSpec, RawData, Split, dataset_names, load_dataset
@@ -487,16 +488,11 @@ def test_batchloader_rejects_bad_arguments(batch_size: int, seed: int) -> None:
 
 def test_two_processes_loading_together_share_one_valid_cache(tmp_path: Path) -> None:
     """Two trials starting at once on a node: both load, the cache is written once and valid."""
-    import os
     import subprocess
     import sys
 
     _make_folder(tmp_path / "folder", ("train",))
-    root = Path(__file__).resolve().parents[1]
-    env = os.environ | {
-        "PRUNETUNE_CACHE": str(tmp_path / "cache"),
-        "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
+    env = subprocess_env(PRUNETUNE_CACHE=str(tmp_path / "cache"))
     code = (
         "import sys; from pruning.data import DataSpec, load_dataset; "
         "d = load_dataset(DataSpec(name='imagefolder', root=sys.argv[1])); "

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from support.experiment import tiny_experiment
+from support.procs import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = ROOT / "runs" / "test-artifacts" / "mlflow_ui"
 pytestmark = pytest.mark.browser
 
@@ -48,19 +49,16 @@ try {
 """
 UI_TIMEOUT_MS = 60_000  # the first load of the UI bundle is slow on a busy 2-core machine
 
-EXPERIMENT = {
-    "name": "ui-check",
-    "target_speedup": 2.0,
-    "width": 0.0625,
-    "data": {"name": "synthetic", "samples": 200, "num_classes": 4, "val_size": 0.25},
-    "baseline": {"pretrain_epochs": 1},
-    "space": {"max_stages": 1, "total_epochs": [1]},
-    "training": {"batch_size": 50},
-    "num_trials": 2,
-    "max_concurrent": 2,
-    "resources": {"cpu": 1},
-    "device": "cpu",
-}
+EXPERIMENT = tiny_experiment(
+    "ui-check",
+    target_speedup=2.0,
+    width=0.0625,
+    data={"samples": 200, "val_size": 0.25},
+    space={"max_stages": 1, "total_epochs": [1]},
+    training={"batch_size": 50},
+    num_trials=2,
+    resources={"cpu": 1},
+)
 
 
 def find_chromium() -> str | None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from trial_rows import row
+from support.trial_rows import row
 
 from pruning import schedule as schedule_io
 from pruning.models import vgg19

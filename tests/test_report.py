@@ -7,7 +7,7 @@ import dataclasses
 from html.parser import HTMLParser
 
 import pytest
-from trial_rows import row
+from support.trial_rows import row
 
 from search.plots import plot_front
 from search.report import Figure, ReportData, build_html, run_link

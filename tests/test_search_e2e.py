@@ -11,32 +11,29 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from support.experiment import tiny_experiment
+from support.mlflow_server import runs_by_role
 
 from search.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 PLOTS = ("pareto.png", "widths.png", "accuracy.png", "accuracy_front.png")
 
-EXPERIMENT = {
-    "name": "e2e",
-    "target_speedup": 3.9,
-    "width": 0.125,
-    "data": {"name": "synthetic", "samples": 600, "num_classes": 4, "val_size": 0.2},
-    "baseline": {"pretrain_epochs": 2},
-    "space": {"max_stages": 2, "total_epochs": [1, 2], "min_channel_ratios": [0.0, 0.5]},
-    "training": {"batch_size": 64},
+EXPERIMENT = tiny_experiment(
+    "e2e",
+    target_speedup=3.9,
+    data={"samples": 600},
+    baseline={"pretrain_epochs": 2},
+    space={"min_channel_ratios": [0.0, 0.5]},
     # A floor of half the channels cannot reach 3.9x on this model: that trial must fail alone.
-    "points": [
+    points=[
         {"min_channel_ratio": 0.5},
         # two stages, all epochs in the second: ASHA has no rung to stop it at
         {"n_stages": 2, "total_epochs": 2, "epochs_0": 0.2, "epochs_1": 1.0},
     ],
-    "num_trials": 4,
-    "max_concurrent": 2,
     # Early stopping on: a trial ASHA stops must never count as a finished schedule.
-    "asha": {"enabled": True, "grace_epochs": 1, "reduction_factor": 2},
-    "device": "cpu",
-}
+    asha={"enabled": True, "grace_epochs": 1, "reduction_factor": 2},
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +47,7 @@ def searched(tmp_path_factory):
 
 
 def runs(uri: str) -> tuple[list, list]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("e2e")
-    all_runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in all_runs if r.data.tags.get("prunetune.role") == "search"]
-    trials = [r for r in all_runs if r.data.tags.get("prunetune.role") == "trial"]
-    return parents, trials
+    return runs_by_role(uri, "e2e", "search"), runs_by_role(uri, "e2e", "trial")
 
 
 def test_parent_and_child_runs(searched) -> None:

@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from run_checks import assert_one_finished_run_per_trial
+from support.experiment import tiny_experiment
+from support.mlflow_server import runs_by_role
+from support.procs import start_prunetune, subprocess_env
+from support.run_checks import assert_one_finished_run_per_trial
 
 from search.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT = {
-    "name": "resume",
-    "target_speedup": 3.0,
-    "width": 0.125,
-    "data": {"name": "synthetic", "samples": 500, "num_classes": 4, "val_size": 0.2},
-    "baseline": {"pretrain_epochs": 1},
-    "space": {"max_stages": 2, "total_epochs": [1, 2]},
-    "training": {"batch_size": 64},
-    "num_trials": 3,
-    "max_concurrent": 1,
-    "device": "cpu",
-}
+EXPERIMENT = tiny_experiment("resume", num_trials=3, max_concurrent=1)
 
 
 def interrupt_after_first_trial(config: Path, cwd: Path) -> None:
-    env = os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "search", str(config)],
-        cwd=cwd,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_prunetune("search", str(config), cwd=cwd, env=subprocess_env())
     deadline = time.monotonic() + 300
     try:
         assert proc.stderr is not None
@@ -60,20 +41,16 @@ def test_resume_finishes_the_search_without_repeating_or_losing_trials(tmp_path)
     config.write_text(yaml.safe_dump(EXPERIMENT | {"out": str(tmp_path / "run")}))
     interrupt_after_first_trial(config, tmp_path)
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("resume")
-    before = {
-        r.info.run_id: r
-        for r in client.search_runs([exp.experiment_id])
-        if r.data.tags.get("prunetune.role") == "trial" and r.info.status == "FINISHED"
-    }
+    uri = f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    trials = runs_by_role(uri, "resume", "trial")
+    before = {r.info.run_id: r for r in trials if r.info.status == "FINISHED"}
     assert 1 <= len(before) < 3
 
     assert main(["search", str(config), "--resume"]) == 0
 
-    all_runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in all_runs if r.data.tags.get("prunetune.role") == "search"]
-    trials = [r for r in all_runs if r.data.tags.get("prunetune.role") == "trial"]
+    parents = runs_by_role(uri, "resume", "search")
+    trials = runs_by_role(uri, "resume", "trial")
     assert len(parents) == 1 and parents[0].data.tags.get("resumed") == "true"
     # A trial the interruption stopped ran again as a new attempt, linked to the old one.
     trials = assert_one_finished_run_per_trial(trials, 3)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.procs import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "width=0.0625",
     "data.test_per_class=4",

@@ -5,72 +5,53 @@ copies them into MLflow (real `mlflow server` processes, a real local Ray cluste
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, start_mlflow_server
 from mlflow.tracking import MlflowClient
-from procs import kill_tree
-from run_checks import assert_one_finished_run_per_trial
+from support.experiment import tiny_experiment
+from support.mlflow_server import runs_by_role, start_mlflow_server
+from support.polling import wait_for
+from support.procs import ROOT, free_port, kill_tree, run_prunetune, start_prunetune, subprocess_env
+from support.run_checks import assert_one_finished_run_per_trial
 
 from trainables import tracking
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT = {
-    "name": "outage",
-    "target_speedup": 3.0,
-    "width": 0.125,
-    "data": {"name": "synthetic", "samples": 1500, "num_classes": 4, "val_size": 0.2},
-    "baseline": {"pretrain_epochs": 1},
+EXPERIMENT = tiny_experiment(
+    "outage",
+    data={"samples": 1500},
     # Two stages, 1 + 5 epochs: the server dies while the first trial is in its second stage.
-    "points": [{"n_stages": 2, "total_epochs": 6, "epochs_0": 0.2, "epochs_1": 1.0}],
-    "space": {"max_stages": 2, "total_epochs": [6]},
-    "training": {"batch_size": 64},
-    "num_trials": 2,
-    "max_concurrent": 1,
-    "resources": {"cpu": 1},
-    "device": "cpu",
-}
+    points=[{"n_stages": 2, "total_epochs": 6, "epochs_0": 0.2, "epochs_1": 1.0}],
+    space={"total_epochs": [6]},
+    num_trials=2,
+    max_concurrent=1,
+    resources={"cpu": 1},
+)
 
 
 def env() -> dict[str, str]:
-    return os.environ | {
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    return subprocess_env(
         # Give up on a dead server in about a second instead of MLflow's minutes of retries.
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-        "PRUNETUNE_MLFLOW_RETRY_DELAYS": "0.2,0.5",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-
-
-def prunetune(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+        PRUNETUNE_MLFLOW_RETRY_DELAYS="0.2,0.5",
+        RAY_USAGE_STATS_ENABLED="0",
     )
 
 
+def prunetune(*args: str) -> subprocess.CompletedProcess:
+    return run_prunetune(*args, cwd=ROOT, env=env(), timeout=300)
+
+
 def wait_for_stage_1(uri: str, search: subprocess.Popen) -> None:
-    client = MlflowClient(uri)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    def stage_1_logged() -> bool:
         assert search.poll() is None, search.stderr.read()[-3000:]
-        exp = client.get_experiment_by_name("outage")
-        runs = client.search_runs([exp.experiment_id]) if exp else []
-        if any(r.data.metrics.get("stage") == 1.0 for r in runs):
-            return
-        time.sleep(0.2)
-    raise AssertionError("no trial logged its first stage in time")
+        runs = runs_by_role(uri, "outage", "trial")
+        return any(r.data.metrics.get("stage") == 1.0 for r in runs)
+
+    wait_for(stage_1_logged, "a trial to log its first stage", timeout=240, every=0.2)
 
 
 @pytest.mark.cluster
@@ -79,14 +60,7 @@ def test_server_dies_mid_search_and_nothing_is_lost(tmp_path: Path) -> None:
     config = tmp_path / "outage.yaml"
     config.write_text(yaml.safe_dump(EXPERIMENT | {"out": str(tmp_path / "run")}))
     server, uri = start_mlflow_server(store, port)
-    search = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "search", str(config), "--mlflow-uri", uri],
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    search = start_prunetune("search", str(config), "--mlflow-uri", uri, cwd=ROOT, env=env())
     try:
         wait_for_stage_1(uri, search)
         kill_tree(server.pid)  # the tracking server is gone for the rest of the search

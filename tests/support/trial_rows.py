@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.results import TrialRow
+from search.trials import TrialRow
 
 
 def row(i: int, acc: float, cost: float, done: bool = True, reference: bool = False) -> TrialRow:
