@@ -1,4 +1,4 @@
-"""Tune callbacks run in the driver: progress lines, and closing the runs of stopped trials."""
+"""Tune callbacks run in the driver: one progress line per trial event."""
 
 from __future__ import annotations
 
@@ -61,20 +61,3 @@ class TrialProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.failed += 1
         self._say(f"{trial.trial_id} FAILED (see its MLflow run and Ray log)", trials, ended=trial)
-
-
-class CloseStoppedRuns(Callback):
-    """A trial that ASHA stops (or Ray kills) never leaves its function, so its MLflow run would
-    stay RUNNING; the driver closes it as KILLED and tags it, so it is never mistaken for a
-    finished schedule."""
-
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
-        self.where = (tracking_uri, experiment_id, parent_run_id)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from trainables import tracking
-
-        last = trial.last_result or {}
-        if not last or last.get("completed"):
-            return
-        tracking.close_if_running(*self.where, trial.trial_id, {"stopped_early": "true"})

@@ -1,18 +1,26 @@
-"""Pareto fronts over finished trials, and the `--pick` rule that chooses one trial from them.
+"""Pareto fronts over finished trials, and the `--pick` rule that chooses one trial from them:
+on arrays (non_dominated, knee_point, choose) and on a search's TrialRows (front, pick, the
+printed table).
 
 Pure numpy on purpose: the same code ranks results from a live Ray Tune run, from a saved
-Optuna study or from an MLflow export, so it must not depend on any of them. A NaN anywhere in
-a row means "this trial did not report", so such rows are neither on a front nor dominate.
+Optuna study or from an MLflow export, so it must not depend on any of them (TrialRow is only a
+type here). A NaN anywhere in a row means "this trial did not report", so such rows are neither
+on a front nor dominate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-DIRECTIONS = ("maximize", "minimize")
+if TYPE_CHECKING:
+    from search.trials import TrialRow
+
+DIRECTION_NAMES = ("maximize", "minimize")  # what a column of `directions` may say
+TRIAL_DIRECTIONS = ("maximize", "minimize")  # a trial's (val_acc, cost)
 PICK_KINDS = ("max-acc", "knee", "max-acc-under-cost")
 PICK_FORMS = "'max-acc', 'knee' or 'max-acc-under-cost=X' (X a finite number, e.g. 12.5)"
 # Normalised knee distances closer than this are ties: on a straight front every point sits on
@@ -29,15 +37,15 @@ def _losses(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
         )
     if isinstance(directions, str):  # a bare string would be read as one direction per letter
         raise ValueError(
-            f"directions must be a sequence of {DIRECTIONS}, got the string {directions!r}"
+            f"directions must be a sequence of {DIRECTION_NAMES}, got the string {directions!r}"
         )
     if len(directions) != arr.shape[1]:
         raise ValueError(
             f"got {len(directions)} directions {list(directions)} for {arr.shape[1]} objectives"
         )
     for d in directions:
-        if d not in DIRECTIONS:
-            raise ValueError(f"unknown direction {d!r}; valid directions are {DIRECTIONS}")
+        if d not in DIRECTION_NAMES:
+            raise ValueError(f"unknown direction {d!r}; valid directions are {DIRECTION_NAMES}")
     sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
     return arr * sign
 
@@ -190,7 +198,7 @@ def choose(acc: np.ndarray, cost: np.ndarray, pick: Pick) -> int:
         raise ValueError(f"none of the {acc.size} trials has both an accuracy and a cost")
     if pick.kind == "knee":
         values = np.column_stack([acc, cost])
-        return knee_point(values, ("maximize", "minimize"))
+        return knee_point(values, TRIAL_DIRECTIONS)
     if pick.kind == "max-acc-under-cost":
         assert pick.cost_limit is not None  # guaranteed by Pick.__post_init__
         under = usable & (cost <= pick.cost_limit)
@@ -203,3 +211,52 @@ def choose(acc: np.ndarray, cost: np.ndarray, pick: Pick) -> int:
     idx = np.flatnonzero(usable)
     order = np.lexsort((idx, cost[idx], -acc[idx]))  # last key sorts first: accuracy descending
     return int(idx[order[0]])
+
+
+# -- a search's trials --------------------------------------------------------------------------
+
+
+def front(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """The completed trials no other completed trial beats on both accuracy and cost, by cost."""
+    usable = [r for r in rows if r.usable]
+    if not usable:
+        return []
+    mask = non_dominated(np.array([[r.val_acc, r.cost] for r in usable]), TRIAL_DIRECTIONS)
+    return sorted((r for r, on in zip(usable, mask, strict=True) if on), key=lambda r: r.cost)
+
+
+def pick(rows: Sequence[TrialRow], how: Pick) -> TrialRow:
+    usable = [r for r in rows if r.usable]
+    if not usable:
+        raise ValueError("no trial completed its whole schedule: nothing to export")
+    acc = np.array([r.val_acc for r in usable])
+    cost = np.array([r.cost for r in usable])
+    return usable[choose(acc, cost, how)]
+
+
+def format_front(rows: Sequence[TrialRow], on_front: Sequence[TrialRow]) -> str:
+    usable = sum(r.usable for r in rows)
+    lines = [
+        f"{len(on_front)} of {usable} completed trials on the front "
+        f"({len(rows) - usable} not completed or failed, never on it)",
+        f"{'trial':<14} {'val acc':>8} {'epochs':>7} {'speed-up':>9} {'MACs':>8} "
+        f"{'train s':>8}  schedule",
+    ]
+    lines += [_line(r) for r in on_front]
+    for r in rows:
+        if r.reference:
+            state = "on the front" if r in on_front else "not on the front"
+            lines.append(f"reference (Torch-Pruning one-shot recipe, {state}):")
+            lines.append(_line(r))
+    return "\n".join(lines)
+
+
+def _line(r: TrialRow) -> str:
+    return (
+        f"{r.trial_id:<14} {r.val_acc:>8.2%} {r.cost:>7g} {r.speedup:>8.2f}x "
+        f"{r.macs / 1e6:>7.2f}M {r.train_seconds:>8.0f}  {r.schedule}"
+    )
+
+
+def front_json(on_front: Sequence[TrialRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in on_front]

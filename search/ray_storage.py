@@ -1,4 +1,4 @@
-"""Trials as Ray's storage keeps them: the fallback for results MLflow missed.
+"""Ray's storage format: the reader behind search/trials.py's fallback, and the copy into MLflow.
 
 Every stage a trial reports is appended to <storage>/<name>/<trial folder>/result.json, with its
 checkpoint next to it; the last checkpoint holds final/ (schedule file, weights, widths). When
@@ -16,8 +16,6 @@ from typing import Any
 
 from pruning.runner import StageResult
 from search.config import ExperimentConfig
-from search.progress import say
-from search.results import TrialRow, load_rows
 from search.space import reference_point
 from trainables import tracking
 from trainables.schedule_config import flat_params, schedule_from_config
@@ -64,39 +62,15 @@ def read_trials(experiment_dir: Path, parent_run_id: str | None = None) -> list[
     return trials
 
 
-def _summary(config: ExperimentConfig, trial: RayTrial) -> str:
+def schedule_summary(config: ExperimentConfig, trial: RayTrial) -> str:
     schedule = schedule_from_config(
         trial.config, config.target_speedup, config.training, config.space.sparse_reg
     )
     return schedule.summary()
 
 
-def _is_reference(config: ExperimentConfig, trial: RayTrial) -> bool:
+def is_reference(config: ExperimentConfig, trial: RayTrial) -> bool:
     return all(trial.config.get(k) == v for k, v in reference_point(config).items())
-
-
-def to_rows(config: ExperimentConfig, trials: list[RayTrial]) -> list[TrialRow]:
-    rows = []
-    for t in trials:
-        m = t.stages[-1]
-        rows.append(
-            TrialRow(
-                run_id="",
-                trial_id=t.trial_id,
-                status="FINISHED" if t.completed else "UNFINISHED",
-                completed=t.completed,
-                val_acc=m["val_acc"],
-                cost=m["cost"],
-                speedup=m["speedup"],
-                macs=m["macs"],
-                params=m["params"],
-                train_seconds=m["train_seconds"],
-                schedule=_summary(config, t),
-                reference=config.reference_trial and _is_reference(config, t),
-                checkpoint=str(t.checkpoint or ""),
-            )
-        )
-    return sorted(rows, key=lambda r: r.trial_id)
 
 
 def copy_to_mlflow(
@@ -107,7 +81,7 @@ def copy_to_mlflow(
         trial.config, config.target_speedup, config.training, config.space.sparse_reg
     )
     tags = {"source": "ray-storage", "schedule": schedule.summary()}
-    if config.reference_trial and _is_reference(config, trial):
+    if config.reference_trial and is_reference(config, trial):
         tags["reference"] = "true"
     uri = config.tracking_uri
     with tracking.trial_run(uri, experiment_id, parent_id, trial.trial_id, trial.name, tags) as run:
@@ -122,28 +96,3 @@ def copy_to_mlflow(
         run.completed = True
     assert run.run_id is not None
     return run.run_id
-
-
-def rows_with_ray_fallback(config: ExperimentConfig) -> tuple[list[TrialRow], bool]:
-    """(rows, from_mlflow). Trials only Ray's storage has are copied into MLflow first; when
-    MLflow cannot be reached the rows come from Ray's storage alone."""
-    state = config.out_dir / "search.json"
-    search = json.loads(state.read_text()) if state.is_file() else {}
-    parent = search.get("parent_run_id")
-    experiment_dir = config.storage / config.name
-    trials = read_trials(experiment_dir, parent) if experiment_dir.is_dir() else []
-    uri = config.tracking_uri
-    try:
-        tracking.check_reachable(uri)
-    except RuntimeError as err:
-        if not trials:
-            raise
-        say(f"{err}. Reading the {len(trials)} trials from Ray's storage in {experiment_dir}")
-        return to_rows(config, trials), False
-    rows = load_rows(uri, config.experiment_name, parent)
-    in_mlflow = {r.trial_id for r in rows if r.usable}
-    missing = [t for t in trials if t.completed and t.trial_id not in in_mlflow]
-    for t in missing:
-        run_id = copy_to_mlflow(config, search["experiment_id"], parent, t)
-        say(f"trial {t.trial_id}: copied from Ray's storage into MLflow (run {run_id})")
-    return (load_rows(uri, config.experiment_name, parent) if missing else rows), True

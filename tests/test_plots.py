@@ -12,7 +12,8 @@ from pruning import schedule as schedule_io
 from pruning.models import vgg19
 from pruning.prune import channel_floor, layer_widths
 from pruning.schedule import Schedule, Stage
-from search.plots import (
+from search.report.data import layer_data
+from search.report.plots import (
     StagePoint,
     layer_status,
     plot_front,
@@ -22,7 +23,6 @@ from search.plots import (
     short_name,
     stage_points,
 )
-from search.readback import layer_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FULL = {n: c for n, c in layer_widths(vgg19(100)).items() if n != "classifier"}

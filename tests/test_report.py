@@ -9,8 +9,9 @@ from html.parser import HTMLParser
 import pytest
 from support.trial_rows import row
 
-from search.plots import plot_front
-from search.report import Figure, ReportData, build_html, run_link
+from search.report.data import Figure, ReportData
+from search.report.html import build_html, run_link
+from search.report.plots import plot_front
 
 SCHEDULE = """format: prunetune.schedule
 version: 1

@@ -1,4 +1,4 @@
-"""The study's figures, drawn with prunetune's own plots (search/plots.py) where one fits."""
+"""The study's figures, drawn with prunetune's own plots (search/report/plots.py) where one fits."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ from typing import Any
 
 from pruning import schedule as schedule_io
 from pruning.prune import channel_floor
-from search.plots import StagePoint, plot_front, plot_schedule_accuracy, plot_widths
-from search.results import front, load_rows
+from search.pareto import front
+from search.report.plots import (
+    StagePoint,
+    plot_front,
+    plot_schedule_accuracy,
+    plot_widths,
+    pyplot,
+    save,
+)
+from search.trials import load_rows
 
 
 def _first_seed(study: Any, arm: str) -> Path:
@@ -56,9 +64,7 @@ def widths(study: Any, arm: str, path: Path) -> list[str]:
 
 
 def arms_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
-    from search.plots import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, r in enumerate(rows):
         for offset, key, marker in ((-0.12, "val", "o"), (0.12, "test", "s")):
@@ -72,7 +78,7 @@ def arms_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("final accuracy per seed (bar: mean)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def draw_figures(study: Any, rows: list[dict[str, Any]], results: Path) -> dict[str, str]:

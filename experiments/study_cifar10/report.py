@@ -151,7 +151,7 @@ def write_report(study: Any, results: Path) -> Path:
 
 def _search_cost(study: Any) -> str:
     from search.config import load_config
-    from search.results import load_rows
+    from search.trials import load_rows
 
     config = load_config(study.out / "search.yaml")
     trials = load_rows(config.tracking_uri, config.experiment_name)

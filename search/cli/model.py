@@ -1,9 +1,10 @@
-"""What each `prunetune` subcommand does; cli.py only parses arguments."""
+"""prune, pretrain and replay: commands on one model. They touch only `pruning` (no Ray, no
+MLflow); each command's options sit right above what it does."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +21,49 @@ from pruning.replay import replay as run_replay
 from pruning.replay import run_section
 from pruning.runner import StageResult
 from pruning.train import evaluate
+from search.cli.options import add_data_args, command, data_spec
 from search.progress import EpochBar, say
 
 
-def data_spec(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpec | None:
-    """--data NAME[:ROOT] and friends on top of `base` (a file's data section)."""
-    if args.data is None and base is None:
-        return None
-    spec = base or DataSpec()
-    if args.data is not None:
-        name, _, root = args.data.partition(":")
-        spec = replace(spec, name=name, root=str(Path(root).expanduser()) if root else None)
-    changes: dict[str, Any] = {}
-    if args.train_subset is not None:
-        changes["train_subset"] = args.train_subset
-    if args.val_size is not None:
-        changes["val_size"] = args.val_size
-    if args.download:
-        changes["download"] = True
-    return replace(spec, **changes)
+def add_parsers(sub: Any) -> None:
+    _add_prune(sub)
+    _add_pretrain(sub)
+    _add_replay(sub)
+
+
+def _add_prune(sub: Any) -> None:
+    p = command(
+        sub,
+        "prune",
+        "prune a VGG19 to an exact MACs speed-up and print the report",
+        """
+Prune a VGG19 (random-init or from a checkpoint) to an exact MACs speed-up and
+print per-layer widths before and after, MACs, params and the time taken. With
+--data, also print validation accuracy before and right after pruning.
+""",
+        "prunetune prune --speedup 8.84 --width 0.25 --num-classes 10",
+        "prunetune prune --speedup 8.84 --checkpoint baseline.pt --data cifar100:~/data --json",
+    )
+    p.add_argument("--speedup", type=float, required=True, help="MACs ratio to land on, e.g. 8.84")
+    p.add_argument("--width", type=float, help="channel multiplier of a random-init model (1.0)")
+    p.add_argument("--num-classes", type=int, help="classes of a random-init model (100)")
+    p.add_argument("--checkpoint", type=Path, help="state dict of an (unpruned) VGG19")
+    p.add_argument(
+        "--importance", default="group_norm", help="group_norm (default), lamp, bn_scale or random"
+    )
+    p.add_argument("--ranking", default="global", choices=("global", "local"))
+    p.add_argument("--min-channels", type=int, default=4, help="per-layer floor (default 4)")
+    p.add_argument(
+        "--min-channel-ratio",
+        type=float,
+        default=0.1,
+        help="per-layer floor as a fraction of the layer's channels (default 0.1)",
+    )
+    p.add_argument("--out", type=Path, help="also write the pruned state dict here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_data_args(p)
+    p.set_defaults(handler=prune)
 
 
 def check_classes(model: torch.nn.Module, num_classes: int, data: str) -> None:
@@ -119,6 +144,27 @@ def format_prune_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _add_pretrain(sub: Any) -> None:
+    p = command(
+        sub,
+        "pretrain",
+        "train the unpruned baseline from a YAML config",
+        """
+Train the unpruned VGG19 baseline (best epoch chosen on validation) and write
+baseline.pt and metrics.json to the config's `out` folder. Shows a progress bar
+per epoch.
+""",
+        "prunetune pretrain experiments/demo.yaml",
+        "prunetune pretrain experiments/demo.yaml epochs=2 data.train_subset=2000",
+    )
+    p.add_argument("config", type=Path, help="pretrain config YAML")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. epochs=5 data.name=cifar10"
+    )
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(handler=pretrain)
+
+
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     config = load_pretrain_config(args.config, args.overrides)
     say(f"pretraining VGG19 x{config.width} for {config.epochs} epochs -> {config.out}")
@@ -133,6 +179,37 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         f"{metrics['images_per_second']:.0f} img/s; checkpoint {metrics['checkpoint']}"
     )
     return metrics
+
+
+def _add_replay(sub: Any) -> None:
+    p = command(
+        sub,
+        "replay",
+        "run a schedule file stage by stage",
+        """
+Run a schedule file in-process: per stage, prune, evaluate, fine-tune, evaluate,
+with a progress bar per fine-tune. Writes pruned.pt, schedule.yaml and
+metrics.json to --out after every stage. On the seed, data and thread count of
+an exported trial it reproduces that trial's accuracy.
+""",
+        "prunetune replay runs/demo/export/schedule.yaml",
+        "prunetune replay experiments/demo_schedule.yaml --checkpoint baseline.pt "
+        "--data imagefolder:~/cifar10-jpeg",
+    )
+    p.add_argument("schedule", type=Path, help="schedule file (YAML or JSON)")
+    p.add_argument(
+        "--checkpoint", type=Path, help="baseline state dict (default: the file's run.checkpoint)"
+    )
+    p.add_argument("--width", type=float, help="width of a random-init model when no checkpoint")
+    p.add_argument("--seed", type=int, help="default: the file's run.seed, else 0")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: the file's run.threads)"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default runs/replay/<schedule name>)")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_data_args(p)
+    p.set_defaults(handler=replay)
 
 
 def _replay_model(

@@ -1,17 +1,16 @@
-"""A search as one self-contained HTML page: config, search space, Pareto table, plots, the
-chosen schedule and links to the MLflow runs. Pure: data in, text out; every piece of text is
-escaped, images are embedded as data URIs and nothing is fetched from elsewhere."""
+"""report.html: a search as one self-contained HTML page: config, search space, Pareto table,
+plots, the chosen schedule and links to the MLflow runs. Pure: data in, text out; every piece of
+text is escaped, images are embedded as data URIs and nothing is fetched from elsewhere."""
 
 from __future__ import annotations
 
 import base64
 import html
-import json
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from search.results import TrialRow
+    from search.report.data import Figure, ReportData
+    from search.trials import TrialRow
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
@@ -28,30 +27,6 @@ tr.unusable td { color: #888; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
 """
-
-
-@dataclass(frozen=True)
-class Figure:
-    caption: str
-    png: bytes
-
-
-@dataclass(frozen=True)
-class ReportData:
-    experiment: str
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    ui_command: str  # how to open the MLflow UI on this store
-    config_yaml: str  # the experiment as the search resolved it
-    search_space: dict[str, str]  # dimension -> readable range
-    rows: list[TrialRow]
-    front_ids: set[str]  # run ids on the Pareto front
-    pick: TrialRow | None
-    pick_how: str  # e.g. "knee"
-    schedule_yaml: str  # the pick's schedule file ("" without a pick)
-    base_acc: float | None = None
-    figures: list[Figure] = field(default_factory=list)
 
 
 def run_link(uri: str, experiment_id: str, run_id: str) -> str | None:
@@ -236,8 +211,3 @@ def _space(space: dict[str, str]) -> str:
         for k, v in space.items()
     )
     return f"<table><tbody>{rows}</tbody></table>"
-
-
-def space_from_json(text: str) -> dict[str, str]:
-    loaded = json.loads(text) if text.strip() else {}
-    return {str(k): str(v) for k, v in loaded.items()}

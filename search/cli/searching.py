@@ -1,4 +1,6 @@
-"""The search-side subcommands: search, pareto, export, report."""
+"""search, pareto, export and report: commands on a search and its trials (Ray Tune, MLflow).
+Each command's options sit right above what it does; the work itself is in search/tuner.py,
+search/trials.py, search/pareto.py, search/export.py and search/report/."""
 
 from __future__ import annotations
 
@@ -11,26 +13,61 @@ from typing import Any
 
 import yaml
 
+from search.cli.options import command
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
-from search.pareto import Pick, parse_pick
+from search.export import export_trial
+from search.pareto import Pick, format_front, front, front_json, parse_pick, pick
 from search.progress import say
-from search.ray_storage import rows_with_ray_fallback
-from search.readback import report_data
-from search.report import build_html
-from search.results import (
-    TrialRow,
-    format_front,
-    front,
-    front_json,
-    load_rows,
-    pick,
-    tag_front,
-)
-from search.results import (
-    export as export_trial,
-)
+from search.report.data import read_report_data
+from search.report.html import build_html
 from search.space import describe_space
+from search.trials import TrialRow, load_rows, rows_with_ray_fallback, tag_front
 from trainables import tracking
+
+
+def add_parsers(sub: Any) -> None:
+    _add_search(sub)
+    _add_pareto(sub)
+    _add_export(sub)
+    _add_report(sub)
+
+
+def _add_search(sub: Any) -> None:
+    p = command(
+        sub,
+        "search",
+        "search pruning schedules with Ray Tune, tracked in MLflow",
+        """
+Search pruning schedules described by an experiment YAML: each trial applies
+one schedule to the baseline and reports per stage; Optuna proposes the next
+(accuracy up, fine-tune epochs down). Without --address a local Ray cluster
+starts; without --mlflow-uri MLflow uses sqlite in the experiment's out folder.
+Prints one line per trial event (finished/running/failed and the best so far),
+then the Pareto front; logs the front, its plots and report.html to the
+search's parent run.
+""",
+        "prunetune search experiments/demo_search.yaml --dry-run",
+        "prunetune search experiments/demo_search.yaml num_trials=6 max_concurrent=2",
+        "prunetune search experiments/vgg19_cifar100.yaml --address auto "
+        "--mlflow-uri http://127.0.0.1:5000",
+    )
+    p.add_argument("config", type=Path, help="experiment YAML")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. num_trials=4")
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite in the out folder)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even though the config differs from the stored one",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and search space, then exit",
+    )
+    p.add_argument("--json", action="store_true", help="print the front as JSON at the end")
+    p.set_defaults(handler=search)
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -59,11 +96,17 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
         return {}
-    from search.tuner import run_search  # Ray is only imported when a search really runs
+    # Ray is only imported when a search really runs
+    from search.tuner import failure_summary, run_search, search_session
 
-    outcome = run_search(config, resume=args.resume)
-    reference = [r["trial_id"] for r in outcome.results if r["reference"]]
-    summary = finish_search(config, outcome.parent_run_id, reference)
+    with search_session(config, args.resume, getattr(args, "force", False)):
+        outcome = run_search(config, resume=args.resume)
+        all_failed = failure_summary(outcome.results)
+        if all_failed:  # no front to read: the search failed, say why
+            tracking.finish_run(config.tracking_uri, outcome.parent_run_id, "FAILED")
+            raise RuntimeError(f"{all_failed}. `prunetune pareto` lists each trial's error")
+        reference = [r["trial_id"] for r in outcome.results if r["reference"]]
+        summary = finish_search(config, outcome.parent_run_id, reference)
     failed = sum(1 for r in outcome.results if r["error"])
     say(
         f"{len(outcome.results)} trials, {failed} failed; MLflow UI: "
@@ -107,10 +150,40 @@ def _plots_and_report(uri: str, experiment: str, parent_id: str, folder: Path) -
     """The plots (the knee as the pick) and report.html. Best effort: a search that ran for hours
     still ends, with its front logged, when a picture cannot be made."""
     try:
-        data = report_data(uri, experiment, Pick("knee"), "knee", folder, parent_id)
+        data = read_report_data(uri, experiment, Pick("knee"), "knee", folder, parent_id)
         (folder / "report.html").write_text(build_html(data))
     except Exception as err:
         say(f"warning: no plots or report.html for this search ({err}); try `prunetune report`")
+
+
+WHICH = """
+
+EXPERIMENT is the experiment YAML (with the KEY=VALUE overrides the search ran
+with), or an MLflow experiment name together with --mlflow-uri. The latest
+search of the experiment is read."""
+
+
+def _reader(sub: Any, name: str, summary: str, description: str, *examples: str) -> Any:
+    """A command that reads a search back: pareto, export, report."""
+    p = command(sub, name, summary, description + WHICH, *examples)
+    p.add_argument("experiment", help="experiment YAML, or MLflow experiment name")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="the same overrides the search was run with, e.g. out=runs/x",
+    )
+    p.add_argument("--mlflow-uri", help="tracking URI (default: the config's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _add_pick(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pick",
+        default="knee",
+        help="the trial to export or show: max-acc, knee (default) or max-acc-under-cost=EPOCHS",
+    )
 
 
 def _where(args: argparse.Namespace) -> tuple[str, str, Path]:
@@ -162,6 +235,20 @@ def _ray_rows(args: argparse.Namespace) -> list[TrialRow] | None:
     return None if from_mlflow else rows
 
 
+def _add_pareto(sub: Any) -> None:
+    p = _reader(
+        sub,
+        "pareto",
+        "print the Pareto front of a search and tag it in MLflow",
+        "Read a search's trials back from MLflow, print the front of validation\n"
+        "accuracy (max) against fine-tune epochs (min) and tag its runs pareto=true.\n"
+        "Failed or early-stopped trials never count.",
+        "prunetune pareto experiments/demo_search.yaml",
+        "prunetune pareto vgg19-cifar100-8x --mlflow-uri http://127.0.0.1:5000 --json",
+    )
+    p.set_defaults(handler=pareto)
+
+
 def pareto(args: argparse.Namespace) -> dict[str, Any]:
     ray_rows = _ray_rows(args)
     if ray_rows is not None:
@@ -176,6 +263,22 @@ def pareto(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         print(format_front(rows, on_front))
     return {"front": front_json(on_front), "trials": len(rows)}
+
+
+def _add_export(sub: Any) -> None:
+    p = _reader(
+        sub,
+        "export",
+        "export one trial's schedule, weights, plots and report",
+        "Write the chosen trial's schedule.yaml, pruned.pt, widths.json, metrics.json,\n"
+        "report.md, its plots (pareto.png, widths.png, accuracy.png,\n"
+        "accuracy_front.png) and the search's report.html to --out.",
+        "prunetune export experiments/demo_search.yaml --pick knee --out runs/demo/export",
+        "prunetune export experiments/demo_search.yaml --pick max-acc-under-cost=3 --out best/",
+    )
+    _add_pick(p)
+    p.add_argument("--out", type=Path, required=True, help="folder to write")
+    p.set_defaults(handler=export)
 
 
 def export(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,7 +296,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         return metrics | {"out": str(out)}
     uri, experiment, _ = _where(args)
     pick(load_rows(uri, experiment), how)  # nothing completed: the error, before any work
-    data = report_data(uri, experiment, how, args.pick, out)
+    data = read_report_data(uri, experiment, how, args.pick, out)
     row = data.pick
     assert row is not None
     metrics = export_trial(uri, row, out, args.pick)
@@ -206,6 +309,24 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     return metrics | {"out": str(out)}
 
 
+def _add_report(sub: Any) -> None:
+    p = _reader(
+        sub,
+        "report",
+        "write a search's report as one self-contained HTML file",
+        "Write one HTML file (plots embedded, nothing fetched from elsewhere) with the\n"
+        "config, the search space, the Pareto table, the plots, the chosen schedule\n"
+        "file and links to the MLflow runs, and print its path.",
+        "prunetune report experiments/demo_search.yaml",
+        "prunetune report demo --mlflow-uri sqlite:///runs/demo/mlflow.db --out /tmp/demo",
+    )
+    _add_pick(p)
+    p.add_argument(
+        "--out", type=Path, help="folder for report.html (default: the search's out folder)"
+    )
+    p.set_defaults(handler=report)
+
+
 def report(args: argparse.Namespace) -> dict[str, Any]:
     how = parse_pick(args.pick)
     uri, experiment, out_dir = _where(args)  # first: a wrong out= must not create a database
@@ -216,7 +337,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         )
     out = _folder(args.out or out_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        data = report_data(uri, experiment, how, args.pick, Path(tmp))
+        data = read_report_data(uri, experiment, how, args.pick, Path(tmp))
     path = out / "report.html"
     path.write_text(build_html(data))
     say(f"wrote {path} ({len(data.rows)} trials, {len(data.front_ids)} on the front)")

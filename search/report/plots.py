@@ -1,4 +1,4 @@
-"""The search's pictures: the Pareto front, per-layer widths, accuracy through a schedule.
+"""The report's pictures: the Pareto front, per-layer widths, accuracy through a schedule.
 
 Pure: plain data in, a PNG out (matplotlib's Agg backend, so it runs on headless nodes).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from search.results import TrialRow
+    from search.trials import TrialRow
 
 COLLAPSE = 0.1  # a layer keeping under 10% of its channels has collapsed
 DPI = 130
@@ -20,7 +20,8 @@ OK, AT_FLOOR, COLLAPSED = "C0", "#e69f00", "#d62728"  # width bars; collapsed al
 FRONT = "#d62728"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,11 +30,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save(fig: Any, path: Path) -> Path:
+    """Write `fig` as a PNG at DPI and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # bbox "tight" keeps legends placed outside the axes inside the image
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -53,7 +55,7 @@ def plot_front(
 ) -> Path:
     """Accuracy against cost for every completed trial; the front as a staircase (at any budget
     the best reachable accuracy is the last front point at or below it)."""
-    plt = _pyplot()
+    plt = pyplot()
     usable = [r for r in rows if r.usable]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.scatter([r.cost for r in usable], _pct([r.val_acc for r in usable]), c="0.6", s=30, zorder=2)
@@ -92,7 +94,7 @@ def plot_front(
         ax.text(0.5, 0.5, "no trial completed its schedule", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _mark_reference_and_pick(
@@ -172,7 +174,7 @@ def plot_widths(
 ) -> list[str]:
     """Channels kept against the original width, per layer (log scale, so 1-4 channels still
     show next to 512). Returns the collapsed layers."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(kept)
     status = [layer_status(kept[n], original[n], floors[n]) for n in names]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(names) + 2), 4.5))
@@ -198,7 +200,7 @@ def plot_widths(
             color=COLLAPSED,
             fontweight="bold",
         )
-    _save(fig, path)
+    save(fig, path)
     return collapsed
 
 
@@ -260,6 +262,10 @@ def _log2_y(ax: Any, top: int) -> None:
 # -- accuracy through the schedule --------------------------------------------------------------
 
 
+# what a trial logs per stage (MLflow step = stage) that a StagePoint is made of
+STAGE_KEYS = ("val_acc", "val_acc_after_prune", "epochs", "epochs_used", "speedup")
+
+
 @dataclass(frozen=True)
 class StagePoint:
     stage: int
@@ -272,8 +278,7 @@ class StagePoint:
 
 def stage_points(history: dict[str, dict[int, float]]) -> list[StagePoint]:
     """From per-stage metric histories (metric -> step -> value, step = stage)."""
-    keys = ("val_acc", "val_acc_after_prune", "epochs", "epochs_used", "speedup")
-    steps = sorted(set.intersection(*(set(history.get(k, {})) for k in keys)))
+    steps = sorted(set.intersection(*(set(history.get(k, {})) for k in STAGE_KEYS)))
     return [
         StagePoint(
             stage=s,
@@ -304,7 +309,7 @@ def plot_schedule_accuracy(
 ) -> Path:
     """One sawtooth per trial (label -> its stages). With one trial the values are written at
     the points and the top axis names the speed-up each prune reached."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if base_acc is not None:
         ax.axhline(100 * base_acc, color="0.4", ls=":", lw=1.2, label=f"baseline {base_acc:.1%}")
@@ -326,7 +331,7 @@ def plot_schedule_accuracy(
     ax.margins(x=0.07)  # room for the value labels of the last points
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _draw_curve(

@@ -1,5 +1,5 @@
-"""What the plots and the report of a search need, read back from MLflow (drawn by search.plots,
-written by search.report)."""
+"""What a search's report shows (ReportData), read back from MLflow; its plots are drawn by
+search/report/plots.py and the page is written by search/report/html.py."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import tempfile
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,16 +15,17 @@ import torch
 from pruning import schedule as schedule_io
 from pruning.models import vgg19
 from pruning.prune import channel_floor, layer_widths
-from search.pareto import Pick
-from search.plots import (
+from pruning.run_info import ModelInfo
+from search.pareto import Pick, front, pick
+from search.report.plots import (
+    STAGE_KEYS,
     StagePoint,
     plot_front,
     plot_schedule_accuracy,
     plot_widths,
     stage_points,
 )
-from search.report import Figure, ReportData, space_from_json
-from search.results import TrialRow, front, load_rows, pick
+from search.trials import TrialRow, load_rows
 from trainables import tracking
 
 # name -> file; also the order the report shows them in
@@ -43,11 +45,34 @@ CAPTIONS = {
     "fine-tune recovers it.",
     "accuracy_front": "The same for every trial on the Pareto front.",
 }
-STAGE_KEYS = ["val_acc", "val_acc_after_prune", "epochs", "epochs_used", "speedup"]
+
+
+@dataclass(frozen=True)
+class Figure:
+    caption: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class ReportData:
+    experiment: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    ui_command: str  # how to open the MLflow UI on this store
+    config_yaml: str  # the experiment as the search resolved it
+    search_space: dict[str, str]  # dimension -> readable range
+    rows: list[TrialRow]
+    front_ids: set[str]  # run ids on the Pareto front
+    pick: TrialRow | None
+    pick_how: str  # e.g. "knee"
+    schedule_yaml: str  # the pick's schedule file ("" without a pick)
+    base_acc: float | None = None
+    figures: list[Figure] = field(default_factory=list)
 
 
 def curve(uri: str, row: TrialRow) -> list[StagePoint]:
-    return stage_points(tracking.metric_history(uri, row.run_id, STAGE_KEYS))
+    return stage_points(tracking.metric_history(uri, row.run_id, list(STAGE_KEYS)))
 
 
 def layer_data(
@@ -55,11 +80,11 @@ def layer_data(
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     """(kept, original, floor) channels per pruned layer of a trial's final model."""
     schedule, run = schedule_io.load(schedule_file)
-    model_info = run.get("model", {})
+    info = run.model if run and run.model else ModelInfo()
     kept = json.loads(widths_file.read_text())
     # the unpruned layout only; "meta" tensors hold no memory, so full width costs nothing
     with torch.device("meta"):
-        model = vgg19(int(model_info.get("num_classes", 100)), float(model_info.get("width", 1.0)))
+        model = vgg19(info.num_classes or 100, info.width or 1.0)
     original = layer_widths(model)
     output = list(original)[-1]  # the classifier's outputs are the classes: never pruned
     names = [n for n in kept if n != output and n in original]
@@ -136,7 +161,7 @@ def _text(uri: str, run_id: str, path: str) -> str:
             return ""
 
 
-def report_data(
+def read_report_data(
     uri: str,
     experiment: str,
     how: Pick,
@@ -168,3 +193,8 @@ def report_data(
         base_acc=base_acc,
         figures=[Figure(CAPTIONS[k], p.read_bytes()) for k, p in paths.items()],
     )
+
+
+def space_from_json(text: str) -> dict[str, str]:
+    loaded = json.loads(text) if text.strip() else {}
+    return {str(k): str(v) for k, v in loaded.items()}

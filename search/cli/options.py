@@ -1,0 +1,73 @@
+"""What several commands share: the subcommand skeleton and the data options."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pruning.data import DataSpec
+
+RAW = argparse.RawDescriptionHelpFormatter  # keeps our line breaks and example lines intact
+
+
+def command(sub: Any, name: str, summary: str, description: str, *examples: str) -> Any:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description.strip(),
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=RAW,
+    )
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        metavar="NAME[:ROOT]",
+        help="dataset: cifar100, cifar10, imagefolder:ROOT or synthetic "
+        "(e.g. cifar10:~/data, imagefolder:~/cifar10-jpeg)",
+    )
+    p.add_argument("--train-subset", type=int, metavar="N", help="stratified N training images")
+    p.add_argument(
+        "--val-size",
+        type=float,
+        metavar="F",
+        help="validation carved from train: a fraction (0.1) or a count (5000)",
+    )
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
+
+
+def data_spec(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpec | None:
+    """--data NAME[:ROOT] and friends on top of `base` (a file's data section)."""
+    if args.data is None and base is None:
+        return None
+    spec = base or DataSpec()
+    if args.data is not None:
+        name, _, root = args.data.partition(":")
+        spec = replace(spec, name=name, root=str(Path(root).expanduser()) if root else None)
+    changes: dict[str, Any] = {}
+    if args.train_subset is not None:
+        changes["train_subset"] = args.train_subset
+    if args.val_size is not None:
+        changes["val_size"] = args.val_size
+    if args.download:
+        changes["download"] = True
+    return replace(spec, **changes)
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes positionals among the options (argparse's intermixed
+    parsing), so KEY=VALUE overrides may follow an option: `search CFG --resume epochs=3`."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._intermixing:  # the two passes of parse_known_intermixed_args itself
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False

@@ -1,0 +1,54 @@
+"""`prunetune export`: one trial's files (schedule.yaml, pruned.pt, widths.json, metrics.json), a
+short report.md about it, and, from MLflow, the search's plots and report.html."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pruning import schedule as schedule_io
+from search.trials import TrialRow
+from trainables import tracking
+
+FILES = ("schedule.yaml", "pruned.pt", "widths.json", "metrics.json")  # from the trial's final/
+
+
+def export_trial(uri: str, row: TrialRow, out: Path, how: str) -> dict[str, Any]:
+    """The trial's FILES and report.md in `out`; returns its metrics (with where they came from).
+    `uri` "" and `row.checkpoint` set: the files come from the trial's Ray checkpoint."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".download"
+    if row.run_id:
+        final = tracking.download(uri, row.run_id, "final", staging)
+    else:  # MLflow unreachable: the bundle the trial also put in its Ray checkpoint
+        final = Path(row.checkpoint) / "final"
+    for name in FILES[1:]:
+        shutil.copyfile(final / name, out / name)
+    # Re-written, not copied: the run section's paths become relative to `out` where they can
+    # (pruning.run_info), so the exported file names no folder of this machine.
+    schedule, run = schedule_io.load(final / FILES[0])
+    schedule_io.save(out / FILES[0], schedule, run)
+    shutil.rmtree(staging, ignore_errors=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics |= {"run_id": row.run_id, "trial_id": row.trial_id, "pick": how, "tracking_uri": uri}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "report.md").write_text(trial_summary_md(row, how, out))
+    return metrics
+
+
+def trial_summary_md(row: TrialRow, how: str, out: Path) -> str:
+    """report.md: what was exported, its numbers, and how to replay it."""
+    return (
+        f"# Exported pruning schedule ({how})\n\n"
+        f"- trial `{row.trial_id}`, MLflow run `{row.run_id}`\n"
+        f"- schedule: {row.schedule}\n"
+        f"- validation accuracy {row.val_acc:.2%} at {row.speedup:.3f}x MACs speed-up "
+        f"({row.macs / 1e6:.2f}M MACs, {row.params / 1e6:.3f}M params)\n"
+        f"- cost: {row.cost:g} fine-tune epochs, {row.train_seconds:.0f} s of training\n\n"
+        "Files: `schedule.yaml` (the recipe, with the data, seed and baseline it ran on), "
+        "`pruned.pt` (plain state dict; `pruning.models.load_vgg19`), `widths.json`, "
+        "`metrics.json`.\n\n"
+        f"Replay it: `prunetune replay {out / 'schedule.yaml'}`\n"
+    )

@@ -1,0 +1,126 @@
+"""A search's trials read back as typed rows: from MLflow first, from Ray's storage when MLflow
+missed some (they are copied into MLflow then) or cannot be reached. search/ray_storage.py reads
+Ray's folder format; search/pareto.py ranks the rows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from search.config import ExperimentConfig
+from search.progress import say
+from search.ray_storage import (
+    RayTrial,
+    copy_to_mlflow,
+    is_reference,
+    read_trials,
+    schedule_summary,
+)
+from trainables import tracking
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    run_id: str
+    trial_id: str
+    status: str  # MLflow run status
+    completed: bool  # reached the last stage of its schedule
+    val_acc: float
+    cost: float  # fine-tune (+ sparse) epochs
+    speedup: float
+    macs: float
+    params: float
+    train_seconds: float
+    schedule: str
+    reference: bool  # Torch-Pruning's one-shot recipe, run as the search's first trial
+    checkpoint: str = ""  # rows read from Ray's storage (run_id ""): the trial's checkpoint
+
+    @property
+    def usable(self) -> bool:
+        """Only trials that ran their whole schedule: ASHA-stopped or failed ones never count."""
+        return self.completed and self.status == "FINISHED"
+
+
+def rows_from_runs(runs: list[Any]) -> list[TrialRow]:
+    rows = []
+    for run in runs:
+        m, tags = run.data.metrics, run.data.tags
+        rows.append(
+            TrialRow(
+                run_id=run.info.run_id,
+                trial_id=tags.get(tracking.TRIAL_TAG, "?"),
+                status=run.info.status,
+                completed=m.get("completed", 0.0) == 1.0,
+                val_acc=m.get("val_acc", float("nan")),
+                cost=m.get("cost", float("nan")),
+                speedup=m.get("speedup", float("nan")),
+                macs=m.get("macs", float("nan")),
+                params=m.get("params", float("nan")),
+                train_seconds=m.get("train_seconds", float("nan")),
+                schedule=tags.get("schedule", ""),
+                reference=tags.get("reference") == "true",
+            )
+        )
+    return sorted(rows, key=lambda r: r.trial_id)
+
+
+def load_rows(uri: str, experiment: str, parent_id: str | None = None) -> list[TrialRow]:
+    """The trials of the latest search of `experiment` in MLflow (or of `parent_id`'s)."""
+    parent_id = parent_id or tracking.latest_parent(uri, experiment)
+    return rows_from_runs(tracking.trial_runs(uri, experiment, parent_id))
+
+
+def tag_front(uri: str, rows: list[TrialRow], on_front: list[TrialRow]) -> None:
+    ids = {r.run_id for r in on_front}
+    for r in rows:
+        tracking.set_tags(uri, r.run_id, {"pareto": str(r.run_id in ids).lower()})
+
+
+def rows_from_ray(config: ExperimentConfig, trials: list[RayTrial]) -> list[TrialRow]:
+    rows = []
+    for t in trials:
+        m = t.stages[-1]
+        rows.append(
+            TrialRow(
+                run_id="",
+                trial_id=t.trial_id,
+                status="FINISHED" if t.completed else "UNFINISHED",
+                completed=t.completed,
+                val_acc=m["val_acc"],
+                cost=m["cost"],
+                speedup=m["speedup"],
+                macs=m["macs"],
+                params=m["params"],
+                train_seconds=m["train_seconds"],
+                schedule=schedule_summary(config, t),
+                reference=config.reference_trial and is_reference(config, t),
+                checkpoint=str(t.checkpoint or ""),
+            )
+        )
+    return sorted(rows, key=lambda r: r.trial_id)
+
+
+def rows_with_ray_fallback(config: ExperimentConfig) -> tuple[list[TrialRow], bool]:
+    """(rows, from_mlflow). Trials only Ray's storage has are copied into MLflow first; when
+    MLflow cannot be reached the rows come from Ray's storage alone."""
+    state = config.out_dir / "search.json"
+    search = json.loads(state.read_text()) if state.is_file() else {}
+    parent = search.get("parent_run_id")
+    experiment_dir = config.storage / config.name
+    trials = read_trials(experiment_dir, parent) if experiment_dir.is_dir() else []
+    uri = config.tracking_uri
+    try:
+        tracking.check_reachable(uri)
+    except RuntimeError as err:
+        if not trials:
+            raise
+        say(f"{err}. Reading the {len(trials)} trials from Ray's storage in {experiment_dir}")
+        return rows_from_ray(config, trials), False
+    rows = load_rows(uri, config.experiment_name, parent)
+    in_mlflow = {r.trial_id for r in rows if r.usable}
+    missing = [t for t in trials if t.completed and t.trial_id not in in_mlflow]
+    for t in missing:
+        run_id = copy_to_mlflow(config, search["experiment_id"], parent, t)
+        say(f"trial {t.trial_id}: copied from Ray's storage into MLflow (run {run_id})")
+    return (load_rows(uri, config.experiment_name, parent) if missing else rows), True
