@@ -1,1 +1,18 @@
-"""The search over pruning schedules and the `prunetune` command line."""
+"""The search over pruning schedules and the `prunetune` command line. Rooms:
+
+- cli/: the command line. `cli/__init__` assembles the parser and reports errors;
+  cli/model.py holds prune, pretrain, replay (one model, `pruning` only); cli/searching.py holds
+  search, pareto, export, report; cli/options.py the options several commands share.
+- config.py: the experiment YAML, validated (ExperimentConfig).
+- space.py: the Tune search space, the samplers and the Optuna searcher.
+- tuner.py: running a search: baseline, parent MLflow run, Ray Tune, the end of the search.
+- cluster.py: the Ray cluster a search runs on, and the resource check before any trial.
+- lock.py: one search per out folder.
+- callbacks.py, progress.py: progress lines and bars in the driver.
+- trials.py: a search's trials read back as TrialRows (MLflow first, Ray's storage as the
+  fallback); ray_storage.py reads Ray's storage format and copies missed trials into MLflow.
+- pareto.py: the front and the --pick rule (pure numpy), on arrays and on TrialRows.
+- export.py: one trial's files and its report.md (`prunetune export`).
+- report/: the search's report: data.py (read back from MLflow), plots.py (PNGs), html.py
+  (report.html).
+"""
