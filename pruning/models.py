@@ -15,6 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning.validate import number_in
+
+# Channel multipliers a model may be built with: (0, MAX_WIDTH]. 4x VGG19 is already ~8 G MACs.
+MAX_WIDTH = 4.0
+
 VGG19_BLOCKS: tuple[tuple[int, ...], ...] = (
     (64, 64),
     (128, 128),
@@ -22,6 +27,11 @@ VGG19_BLOCKS: tuple[tuple[int, ...], ...] = (
     (512, 512, 512, 512),
     (512, 512, 512, 512),
 )
+
+
+def check_width(width: object, field: str = "width") -> None:
+    """The one check of a width multiplier, for configs and the model builder alike."""
+    number_in(field, width, 0.0, MAX_WIDTH)
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -85,8 +95,7 @@ def vgg19(num_classes: int = 100, width: float = 1.0) -> VGG:
     """CIFAR VGG19-BN; `width` scales every conv's channels (at least 1 each)."""
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} is invalid: it must be >= 1")
-    if not 0.0 < width <= 4.0:
-        raise ValueError(f"width={width} is invalid: it must be in (0, 4]")
+    check_width(width)
     blocks = tuple(tuple(_scaled(c, width) for c in block) for block in VGG19_BLOCKS)
     return VGG(blocks, num_classes)
 

@@ -19,9 +19,16 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.importance import make_importance
+from pruning.importance import IMPORTANCES, make_importance
+from pruning.registry import Registry
 
 TOLERANCE = 0.01  # the landing must be within +-1% of the requested MACs ratio
+MAX_PRUNES = 3  # one prune lands; the others only run if the MACs model was off
+# The per-layer floor's defaults: a layer keeps at least max(MIN_CHANNELS, ceil(MIN_CHANNEL_RATIO
+# * its original channels)). Torch-Pruning has none; without it global ranking cuts VGG19's first
+# convolutions to 1-4 channels.
+MIN_CHANNELS = 4
+MIN_CHANNEL_RATIO = 0.1
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,21 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 
 def channel_floor(original: int, min_channels: int, min_channel_ratio: float) -> int:
     return min(original, max(min_channels, math.ceil(min_channel_ratio * original), 1))
+
+
+def layer_floors(
+    original_widths: dict[str, int], min_channels: int, min_channel_ratio: float
+) -> dict[str, int]:
+    """The fewest output channels each layer may keep, by module name."""
+    return {
+        n: channel_floor(c, min_channels, min_channel_ratio) for n, c in original_widths.items()
+    }
+
+
+def speedup_cap(min_channel_ratio: float) -> float:
+    """About the largest speed-up a ratio floor allows: 1 / ratio^2, since a conv's MACs scale
+    with in x out channels. Infinite without a ratio floor."""
+    return math.inf if min_channel_ratio <= 0 else 1.0 / min_channel_ratio**2
 
 
 def _output_layer(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
@@ -159,6 +181,22 @@ class _MacsModel:
         return self._analytic(keep) + self.residual * kept_fraction
 
 
+def _global_key(scores: list[torch.Tensor], order: list[torch.Tensor]) -> torch.Tensor:
+    """Sort key of every channel (in per-group ascending order): its group-normalised score."""
+    return torch.cat([s[o] for s, o in zip(scores, order, strict=True)])
+
+
+def _local_key(scores: list[torch.Tensor], order: list[torch.Tensor]) -> torch.Tensor:
+    """Sort key: a channel's rank within its own layer as a fraction of the layer's size."""
+    return torch.cat([(torch.arange(len(s)) + 0.5) / len(s) for s in scores])
+
+
+# How channels are compared across layers: name -> sort key over all channels.
+RANKINGS: Registry[Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor]] = Registry(
+    "ranking", {"global": _global_key, "local": _local_key}
+)
+
+
 def _removal_order(scores: list[torch.Tensor], ranking: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All channels, least important first, as (group index, channel index) tensors.
 
@@ -170,11 +208,7 @@ def _removal_order(scores: list[torch.Tensor], ranking: str) -> tuple[torch.Tens
     group_ids = torch.cat([torch.full((len(s),), g) for g, s in enumerate(scores)])
     channel_order = [torch.argsort(s, stable=True) for s in scores]
     channels = torch.cat(channel_order)
-    if ranking == "global":
-        key = torch.cat([s[o] for s, o in zip(scores, channel_order, strict=True)])
-    else:
-        key = torch.cat([(torch.arange(len(s)) + 0.5) / len(s) for s in scores])
-    order = torch.argsort(key, stable=True)
+    order = torch.argsort(RANKINGS[ranking](scores, channel_order), stable=True)
     return group_ids[order], channels[order]
 
 
@@ -220,25 +254,35 @@ def _plan_keep(
     floor_t = torch.tensor(floors)
 
     def keep_after(k: int) -> list[int]:
+        """Channels each group keeps once the first k channels in removal order are gone."""
         removed = torch.bincount(group_ids[:k], minlength=len(scores))
         return torch.maximum(sizes - removed, floor_t).tolist()
 
-    lo, hi = 0, len(group_ids)
-    if predict(keep_after(hi)) > target_macs:
+    k = _fewest_removals(keep_after, len(group_ids), predict, target_macs)
+    keep = _refine_landing(keep_after(k), sizes.tolist(), floors, predict, target_macs)
+    # Remove, per group, its least important channels (in removal order) down to `keep`.
+    return [channels[group_ids == g][: len(s) - keep[g]] for g, s in enumerate(scores)]
+
+
+def _fewest_removals(
+    keep_after: Callable[[int], list[int]], total: int, predict: _MacsModel, target_macs: float
+) -> int:
+    """Bisection: the smallest k whose keep_after(k) is predicted at or under target_macs."""
+    floor_macs = predict(keep_after(total))
+    if floor_macs > target_macs:
         raise ValueError(
             f"the channel floor makes the target unreachable: even pruning every layer to its "
-            f"floor leaves {predict(keep_after(hi)) / 1e6:.2f}M MACs > {target_macs / 1e6:.2f}M; "
+            f"floor leaves {floor_macs / 1e6:.2f}M MACs > {target_macs / 1e6:.2f}M; "
             "lower min_channels / min_channel_ratio or the speed-up"
         )
+    lo, hi = 0, total
     while lo < hi:  # predicted MACs never rise as k grows
         mid = (lo + hi) // 2
         if predict(keep_after(mid)) <= target_macs:
             hi = mid
         else:
             lo = mid + 1
-    keep = _refine_landing(keep_after(lo), sizes.tolist(), floors, predict, target_macs)
-    # Remove, per group, its least important channels (in removal order) down to `keep`.
-    return [channels[group_ids == g][: len(s) - keep[g]] for g, s in enumerate(scores)]
+    return lo
 
 
 def _apply(dg: tp.DependencyGraph, roots: list[nn.Module], removals: list[torch.Tensor]) -> None:
@@ -251,32 +295,85 @@ def _apply(dg: tp.DependencyGraph, roots: list[nn.Module], removals: list[torch.
         group.prune()
 
 
-def _prune_once(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    target_macs: float,
-    macs_now: int,
-    importance: str,
-    ranking: str,
-    floors_by_name: dict[str, int],
-    ignored_layers: Sequence[nn.Module],
-) -> None:
+@dataclass(frozen=True)
+class _Request:
+    """What one prune_to_speedup call asks of every prune it makes."""
+
+    target_macs: float  # base_macs / speed-up
+    importance: str
+    ranking: str
+    floors: dict[str, int]  # layer name -> fewest output channels it may keep
+    ignored_layers: tuple[nn.Module, ...]
+
+
+@dataclass(frozen=True)
+class _Size:
+    macs: int
+    params: int
+    widths: dict[str, int]
+
+
+def _size(model: nn.Module, example_inputs: torch.Tensor) -> _Size:
+    macs, params = count_macs_params(model, example_inputs)
+    return _Size(macs, params, layer_widths(model))
+
+
+def _score_channels(
+    model: nn.Module, example_inputs: torch.Tensor, request: _Request
+) -> tuple[tp.DependencyGraph, list[nn.Module], list[torch.Tensor]]:
+    """The dependency graph, each prunable group's root layer, and the scores of its channels."""
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    ignored = [*ignored_layers, _output_layer(model, example_inputs)]
-    names = {m: n for n, m in model.named_modules()}
+    ignored = [*request.ignored_layers, _output_layer(model, example_inputs)]
     groups = list(
         dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear))
     )
     roots = [g[0].dep.target.module for g in groups]
-    imp = make_importance(importance)
+    imp = make_importance(request.importance)
     with torch.no_grad():
         scores = [imp(g).detach().float().cpu() for g in groups]
+    return dg, roots, scores
+
+
+def _prune_once(
+    model: nn.Module, example_inputs: torch.Tensor, macs_now: int, request: _Request
+) -> None:
+    """Score every channel once, plan the widths predicted to land on the target, prune."""
+    dg, roots, scores = _score_channels(model, example_inputs, request)
+    names = {m: n for n, m in model.named_modules()}
     # A layer already at or below its floor keeps everything it has.
     floors = [
-        min(len(s), floors_by_name.get(names[r], 1)) for s, r in zip(scores, roots, strict=True)
+        min(len(s), request.floors.get(names[r], 1)) for s, r in zip(scores, roots, strict=True)
     ]
     predict = _MacsModel(model, example_inputs, dg, roots, macs_now)
-    _apply(dg, roots, _plan_keep(scores, floors, ranking, predict, target_macs))
+    _apply(dg, roots, _plan_keep(scores, floors, request.ranking, predict, request.target_macs))
+
+
+def _prune_until_landed(
+    model: nn.Module, example_inputs: torch.Tensor, macs: int, request: _Request
+) -> None:
+    """Prune, recount, and prune again only while the real MACs are still above the target."""
+    for _ in range(MAX_PRUNES):
+        if macs <= request.target_macs * (1 + TOLERANCE / 2):
+            return
+        _prune_once(model, example_inputs, macs, request)
+        macs, _ = count_macs_params(model, example_inputs)
+
+
+def _check_request(speedup: float, importance: str, ranking: str) -> None:
+    IMPORTANCES.check("importance", importance)
+    RANKINGS.check("ranking", ranking)
+    if not speedup >= 1.0:
+        raise ValueError(f"speedup={speedup!r} is invalid: it must be >= 1")
+
+
+def _target_macs(base_macs: int, macs_before: int, speedup: float) -> float:
+    target_macs = base_macs / speedup
+    if macs_before < target_macs * (1 - TOLERANCE):
+        raise ValueError(
+            f"the model is already at {base_macs / macs_before:.3f}x, past the "
+            f"requested {speedup:.3f}x; speed-ups must increase stage by stage"
+        )
+    return target_macs
 
 
 def prune_to_speedup(
@@ -287,8 +384,8 @@ def prune_to_speedup(
     base_macs: int | None = None,
     importance: str = "group_norm",
     ranking: str = "global",
-    min_channels: int = 4,
-    min_channel_ratio: float = 0.1,
+    min_channels: int = MIN_CHANNELS,
+    min_channel_ratio: float = MIN_CHANNEL_RATIO,
     original_widths: dict[str, int] | None = None,
     ignored_layers: Sequence[nn.Module] = (),
 ) -> PruneReport:
@@ -298,51 +395,39 @@ def prune_to_speedup(
     stage's report) when pruning an already-pruned model stage after stage. The floor is taken
     against `original_widths`. The classifier's output layer is never pruned.
     """
-    if ranking not in ("global", "local"):
-        raise ValueError(f"ranking={ranking!r} is invalid: it must be 'global' or 'local'")
-    if not speedup >= 1.0:
-        raise ValueError(f"speedup={speedup!r} is invalid: it must be >= 1")
+    _check_request(speedup, importance, ranking)
     start = time.perf_counter()
-    macs_before, params_before = count_macs_params(model, example_inputs)
-    base_macs = base_macs or macs_before
-    widths_before = layer_widths(model)
-    original_widths = dict(original_widths or widths_before)
-    floors = {
-        n: channel_floor(c, min_channels, min_channel_ratio) for n, c in original_widths.items()
-    }
-    target_macs = base_macs / speedup
-    if macs_before < target_macs * (1 - TOLERANCE):
-        raise ValueError(
-            f"the model is already at {base_macs / macs_before:.3f}x, past the "
-            f"requested {speedup:.3f}x; speed-ups must increase stage by stage"
-        )
-    macs = macs_before
-    for _ in range(3):  # one prune lands; the rest only run if the MACs model was off
-        if macs <= target_macs * (1 + TOLERANCE / 2):
-            break
-        _prune_once(
-            model, example_inputs, target_macs, macs, importance, ranking, floors, ignored_layers
-        )
-        macs, params = count_macs_params(model, example_inputs)
-    macs, params = count_macs_params(model, example_inputs)
-    widths_after = layer_widths(model)
-    narrowest = min(
-        widths_after, key=lambda n: widths_after[n] / original_widths.get(n, widths_after[n])
+    before = _size(model, example_inputs)
+    base_macs = base_macs or before.macs
+    original_widths = dict(original_widths or before.widths)
+    request = _Request(
+        target_macs=_target_macs(base_macs, before.macs, speedup),
+        importance=importance,
+        ranking=ranking,
+        floors=layer_floors(original_widths, min_channels, min_channel_ratio),
+        ignored_layers=tuple(ignored_layers),
     )
+    _prune_until_landed(model, example_inputs, before.macs, request)
+    after = _size(model, example_inputs)
     return PruneReport(
         base_macs=base_macs,
-        macs_before=macs_before,
-        macs=macs,
-        params_before=params_before,
-        params=params,
+        macs_before=before.macs,
+        macs=after.macs,
+        params_before=before.params,
+        params=after.params,
         target_speedup=speedup,
-        speedup=base_macs / macs,
-        widths_before=widths_before,
-        widths_after=widths_after,
+        speedup=base_macs / after.macs,
+        widths_before=before.widths,
+        widths_after=after.widths,
         original_widths=original_widths,
-        narrowest=narrowest,
+        narrowest=_narrowest(after.widths, original_widths),
         seconds=time.perf_counter() - start,
     )
+
+
+def _narrowest(widths: dict[str, int], original_widths: dict[str, int]) -> str:
+    """The layer that kept the lowest fraction of its original channels."""
+    return min(widths, key=lambda n: widths[n] / original_widths.get(n, widths[n]))
 
 
 def sparsity_regularizer(

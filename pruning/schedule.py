@@ -23,14 +23,13 @@ from typing import Any
 
 import yaml
 
-from pruning.importance import IMPORTANCE_FACTORIES
+from pruning.importance import IMPORTANCES
+from pruning.prune import MIN_CHANNEL_RATIO, MIN_CHANNELS, RANKINGS, speedup_cap
+from pruning.train import LR_SCHEDULES
 from pruning.validate import build_dataclass, number_in, positive_int, require
 
 FORMAT = "prunetune.schedule"
 VERSION = 1
-IMPORTANCES = tuple(IMPORTANCE_FACTORIES)
-RANKINGS = ("global", "local")
-LR_SCHEDULES = ("step", "cosine", "constant")
 MAX_SPEEDUP = 1000.0
 
 
@@ -45,12 +44,7 @@ class Stage:
         number_in("stage.speedup", self.speedup, 1.0, MAX_SPEEDUP)
         positive_int("stage.epochs", self.epochs)
         number_in("stage.lr", self.lr, 0.0, 10.0)
-        require(
-            self.lr_schedule in LR_SCHEDULES,
-            "stage.lr_schedule",
-            self.lr_schedule,
-            f"it must be one of {', '.join(LR_SCHEDULES)}",
-        )
+        LR_SCHEDULES.check("stage.lr_schedule", self.lr_schedule)
 
 
 @dataclass(frozen=True)
@@ -103,27 +97,16 @@ class Schedule:
     importance: str = "group_norm"
     ranking: str = "global"
     # Per-layer floor: a layer keeps at least max(min_channels, ceil(min_channel_ratio * C0))
-    # channels (never more than its original C0). Torch-Pruning has none; without it global
-    # ranking cuts VGG19's first convolutions to 1-4 channels.
-    min_channels: int = 4
-    min_channel_ratio: float = 0.1
+    # channels (never more than its original C0); see pruning.prune.MIN_CHANNELS.
+    min_channels: int = MIN_CHANNELS
+    min_channel_ratio: float = MIN_CHANNEL_RATIO
     sparse: SparseTraining | None = None
     training: Training = field(default_factory=Training)
 
     def __post_init__(self) -> None:
         number_in("target_speedup", self.target_speedup, 1.0, MAX_SPEEDUP)
-        require(
-            self.importance in IMPORTANCES,
-            "importance",
-            self.importance,
-            f"it must be one of {', '.join(IMPORTANCES)}",
-        )
-        require(
-            self.ranking in RANKINGS,
-            "ranking",
-            self.ranking,
-            f"it must be one of {', '.join(RANKINGS)}",
-        )
+        IMPORTANCES.check("importance", self.importance)
+        RANKINGS.check("ranking", self.ranking)
         positive_int("min_channels", self.min_channels, minimum=1)
         number_in("min_channel_ratio", self.min_channel_ratio, 0.0, 1.0, low_open=False)
         require(
@@ -153,17 +136,15 @@ class Schedule:
             last,
             f"the last stage must end on target_speedup={self.target_speedup}",
         )
-        # The floor alone caps the reachable speed-up at about 1 / ratio^2 (MACs of a conv
-        # scale with in*out channels); reject schedules that cannot possibly land.
-        if self.min_channel_ratio > 0:
-            cap = 1.0 / self.min_channel_ratio**2
-            require(
-                cap >= self.target_speedup,
-                "min_channel_ratio",
-                self.min_channel_ratio,
-                f"a floor of {self.min_channel_ratio:.3g} x channels caps the speed-up near "
-                f"{cap:.3g}x, below target_speedup={self.target_speedup}; lower it",
-            )
+        # Reject schedules whose floor alone keeps them from landing.
+        cap = speedup_cap(self.min_channel_ratio)
+        require(
+            cap >= self.target_speedup,
+            "min_channel_ratio",
+            self.min_channel_ratio,
+            f"a floor of {self.min_channel_ratio:.3g} x channels caps the speed-up near "
+            f"{cap:.3g}x, below target_speedup={self.target_speedup}; lower it",
+        )
 
     @property
     def total_epochs(self) -> int:

@@ -1,6 +1,6 @@
 """One training loop for pretraining and fine-tuning, plus evaluation.
 
-SGD with momentum (the DepGraph paper's recipe), a step/cosine/constant LR schedule evaluated
+SGD with momentum (the DepGraph paper's recipe), an LR schedule from LR_SCHEDULES evaluated
 per iteration, optional label smoothing, an optional sparsity regulariser called between
 backward() and step(), and bf16 autocast + channels_last on CUDA. Build a fresh optimiser for
 every call: pruning replaces parameter tensors, so an old optimiser would update dead tensors.
@@ -12,18 +12,20 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pruning.data import BatchLoader, Split
-from pruning.schedule import Training
+from pruning.registry import Registry
 
-STEP_MILESTONES = (
-    0.6,
-    0.8,
-)  # fractions of the run: the paper decays x0.1 at epochs 60 and 80 of 100
+if TYPE_CHECKING:  # pruning.schedule imports LR_SCHEDULES from here
+    from pruning.schedule import Training
+
+# Fractions of the run: the paper decays x0.1 at epochs 60 and 80 of 100.
+STEP_MILESTONES = (0.6, 0.8)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,15 +44,27 @@ class FitResult:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+def _step(progress: float) -> float:
+    return 0.1 ** sum(progress >= m for m in STEP_MILESTONES)
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _constant(progress: float) -> float:
+    return 1.0
+
+
+# LR schedules: name -> LR multiplier at `progress` in [0, 1) of the run.
+LR_SCHEDULES: Registry[Callable[[float], float]] = Registry(
+    "lr_schedule", {"step": _step, "cosine": _cosine, "constant": _constant}
+)
+
+
 def lr_factor(schedule: str, progress: float) -> float:
     """LR multiplier at `progress` in [0, 1) of the run."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "step":
-        return 0.1 ** sum(progress >= m for m in STEP_MILESTONES)
-    raise ValueError(f"lr_schedule={schedule!r} is invalid: it must be step, cosine or constant")
+    return LR_SCHEDULES[schedule](progress)
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -88,6 +102,7 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train `model` in place for `epochs` epochs; returns timing and per-epoch loss/accuracy."""
+    factor = LR_SCHEDULES[lr_schedule]
     model = _prepare(model, device)
     optimizer = make_optimizer(model, lr, training)
     steps_per_epoch = max(1, len(loader))
@@ -100,7 +115,7 @@ def fit(
         seen = 0
         for i, (x, y) in enumerate(loader):
             for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(lr_schedule, (epoch + i / steps_per_epoch) / epochs)
+                group["lr"] = lr * factor((epoch + i / steps_per_epoch) / epochs)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device):

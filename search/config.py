@@ -15,9 +15,12 @@ from typing import Any
 import yaml
 
 from pruning.data import DataSpec
-from pruning.importance import IMPORTANCE_FACTORIES
+from pruning.importance import IMPORTANCES
+from pruning.models import check_width
 from pruning.pretrain import apply_overrides
-from pruning.schedule import LR_SCHEDULES, MAX_SPEEDUP, RANKINGS, Training
+from pruning.prune import RANKINGS, speedup_cap
+from pruning.schedule import MAX_SPEEDUP, Training
+from pruning.train import LR_SCHEDULES
 from pruning.validate import build_dataclass, number_in, positive_int, require
 
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -52,9 +55,9 @@ class SpaceConfig:
             positive_int("space.total_epochs[]", e, minimum=1)
         number_in("space.lr_min", self.lr_min, 0.0, 10.0)
         number_in("space.lr_max", self.lr_max, self.lr_min, 10.0, low_open=False)
-        _choices("space.lr_schedules", self.lr_schedules, LR_SCHEDULES)
-        _choices("space.importances", self.importances, tuple(IMPORTANCE_FACTORIES))
-        _choices("space.rankings", self.rankings, RANKINGS)
+        _choices("space.lr_schedules", self.lr_schedules, LR_SCHEDULES.names())
+        _choices("space.importances", self.importances, IMPORTANCES.names())
+        _choices("space.rankings", self.rankings, RANKINGS.names())
         _choices("space.min_channel_ratios", self.min_channel_ratios)
         for r in self.min_channel_ratios:
             number_in("space.min_channel_ratios[]", r, 0.0, 1.0, low_open=False)
@@ -142,21 +145,20 @@ class ExperimentConfig:
             "letters, digits, '-' and '_' only",
         )
         number_in("target_speedup", self.target_speedup, 1.0, MAX_SPEEDUP)
-        number_in("width", self.width, 0.0, 4.0)
+        check_width(self.width)
         require(self.sampler in SAMPLERS, "sampler", self.sampler, f"one of {', '.join(SAMPLERS)}")
         positive_int("seed", self.seed)
         positive_int("num_trials", self.num_trials, minimum=1)
         positive_int("max_concurrent", self.max_concurrent, minimum=1)
         positive_int("max_failures", self.max_failures)
-        if max(self.space.min_channel_ratios) > 0:
-            cap = 1.0 / max(self.space.min_channel_ratios) ** 2
-            require(
-                cap >= self.target_speedup,
-                "space.min_channel_ratios",
-                self.space.min_channel_ratios,
-                f"a floor of {max(self.space.min_channel_ratios)} caps the speed-up near "
-                f"{cap:.3g}x, below target_speedup={self.target_speedup}",
-            )
+        cap = speedup_cap(max(self.space.min_channel_ratios))
+        require(
+            cap >= self.target_speedup,
+            "space.min_channel_ratios",
+            self.space.min_channel_ratios,
+            f"a floor of {max(self.space.min_channel_ratios)} caps the speed-up near "
+            f"{cap:.3g}x, below target_speedup={self.target_speedup}",
+        )
 
         if self.reference_trial:
             _check_reference(self.space)
