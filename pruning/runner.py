@@ -11,7 +11,7 @@ from torch import nn
 
 from pruning.data import BatchLoader, Dataset
 from pruning.prune import PruneReport, prune_to_speedup, sparsity_regularizer
-from pruning.schedule import Schedule
+from pruning.schedule import Schedule, Stage
 from pruning.train import evaluate, fit
 
 
@@ -49,6 +49,19 @@ class RunState:
     train_seconds: float = 0.0
 
 
+def _loader(data: Dataset, schedule: Schedule, seed: int) -> BatchLoader:
+    """Augmented, shuffled training batches; `seed` fixes their order and crops."""
+    return BatchLoader(
+        data.train,
+        schedule.training.batch_size,
+        data.mean,
+        data.std,
+        augment=True,
+        shuffle=True,
+        seed=seed,
+    )
+
+
 def _sparse_phase(
     model: nn.Module,
     data: Dataset,
@@ -58,26 +71,18 @@ def _sparse_phase(
     example: torch.Tensor,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
 ) -> float:
+    """Group-sparsity training before the first prune; returns its training seconds."""
     assert schedule.sparse is not None
-    reg = sparsity_regularizer(model, example, schedule.sparse.reg)
-    loader = BatchLoader(
-        data.train,
-        schedule.training.batch_size,
-        data.mean,
-        data.std,
-        augment=True,
-        shuffle=True,
-        seed=seed,
-    )
+    torch.manual_seed(seed)
     result = fit(
         model,
-        loader,
+        _loader(data, schedule, seed),
         epochs=schedule.sparse.epochs,
         lr=schedule.sparse.lr,
         lr_schedule="cosine",
         training=schedule.training,
         device=device,
-        regularize=reg,
+        regularize=sparsity_regularizer(model, example, schedule.sparse.reg),
         on_epoch=on_epoch,
     )
     return result.seconds
@@ -86,6 +91,7 @@ def _sparse_phase(
 def _prune(
     model: nn.Module, schedule: Schedule, speedup: float, state: RunState, example: torch.Tensor
 ) -> PruneReport:
+    """Prune in place (on the CPU) to `speedup` vs. the unpruned model the state remembers."""
     report = prune_to_speedup(
         model.cpu(),
         example.cpu(),
@@ -99,6 +105,75 @@ def _prune(
     )
     state.base_macs, state.original_widths = report.base_macs, report.original_widths
     return report
+
+
+def _fine_tune(
+    model: nn.Module,
+    data: Dataset,
+    schedule: Schedule,
+    stage: Stage,
+    seed: int,
+    device: torch.device,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> float:
+    """The stage's fine-tune (0 epochs: nothing); returns its training seconds."""
+    fitted = fit(
+        model,
+        _loader(data, schedule, seed),
+        epochs=stage.epochs,
+        lr=stage.lr,
+        lr_schedule=stage.lr_schedule,
+        training=schedule.training,
+        device=device,
+        on_epoch=on_epoch,
+    )
+    return fitted.seconds
+
+
+def _validate(model: nn.Module, data: Dataset, device: torch.device) -> tuple[float, float]:
+    """(accuracy, loss) on the val split."""
+    return evaluate(model, data.val, data.mean, data.std, device)
+
+
+def _run_stage(
+    model: nn.Module,
+    data: Dataset,
+    schedule: Schedule,
+    index: int,
+    state: RunState,
+    *,
+    device: torch.device,
+    seed: int,
+    example: torch.Tensor,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> StageResult:
+    """Stage `index` (0-based): prune, evaluate, fine-tune, evaluate, report."""
+    stage = schedule.stages[index]
+    stage_seed = seed + index + 1  # its own RNG, so a resumed run takes the same path
+    torch.manual_seed(stage_seed)
+    pruned = _prune(model, schedule, stage.speedup, state, example)
+    acc_after_prune, _ = _validate(model, data, device)
+    seconds = _fine_tune(model, data, schedule, stage, stage_seed, device, on_epoch)
+    acc, loss = _validate(model, data, device)
+    state.done, state.epochs_used = index + 1, state.epochs_used + stage.epochs
+    state.train_seconds += seconds
+    return StageResult(
+        stage=index + 1,
+        speedup=pruned.speedup,
+        target_speedup=stage.speedup,
+        macs=pruned.macs,
+        params=pruned.params,
+        val_acc_after_prune=acc_after_prune,
+        val_acc=acc,
+        val_loss=loss,
+        epochs=stage.epochs,
+        epochs_used=state.epochs_used,
+        train_seconds=state.train_seconds,
+        prune_seconds=pruned.seconds,
+        completed=index + 1 == len(schedule.stages),
+        widths=pruned.widths_after,
+        narrowest=pruned.narrowest,
+    )
 
 
 def run_schedule(
@@ -122,53 +197,20 @@ def run_schedule(
     h, w = data.train.images.shape[2:]
     example = torch.zeros(1, 3, h, w)  # (1, 3, H, W): only shapes matter for tracing and MACs
     if state.done == 0 and schedule.sparse is not None:
-        torch.manual_seed(seed)
         state.train_seconds += _sparse_phase(model, data, schedule, device, seed, example, on_epoch)
         state.epochs_used += schedule.sparse.epochs
     results = []
     for index in range(state.done, len(schedule.stages)):
-        stage = schedule.stages[index]
-        torch.manual_seed(seed + index + 1)
-        report = _prune(model, schedule, stage.speedup, state, example)
-        acc_pruned, _ = evaluate(model, data.val, data.mean, data.std, device)
-        loader = BatchLoader(
-            data.train,
-            schedule.training.batch_size,
-            data.mean,
-            data.std,
-            augment=True,
-            shuffle=True,
-            seed=seed + index + 1,
-        )
-        fitted = fit(
+        result = _run_stage(
             model,
-            loader,
-            epochs=stage.epochs,
-            lr=stage.lr,
-            lr_schedule=stage.lr_schedule,
-            training=schedule.training,
+            data,
+            schedule,
+            index,
+            state,
             device=device,
+            seed=seed,
+            example=example,
             on_epoch=on_epoch,
-        )
-        acc, loss = evaluate(model, data.val, data.mean, data.std, device)
-        state.done, state.epochs_used = index + 1, state.epochs_used + stage.epochs
-        state.train_seconds += fitted.seconds
-        result = StageResult(
-            stage=index + 1,
-            speedup=report.speedup,
-            target_speedup=stage.speedup,
-            macs=report.macs,
-            params=report.params,
-            val_acc_after_prune=acc_pruned,
-            val_acc=acc,
-            val_loss=loss,
-            epochs=stage.epochs,
-            epochs_used=state.epochs_used,
-            train_seconds=state.train_seconds,
-            prune_seconds=report.seconds,
-            completed=index + 1 == len(schedule.stages),
-            widths=report.widths_after,
-            narrowest=report.narrowest,
         )
         results.append(result)
         if on_stage is not None:
