@@ -248,10 +248,17 @@ def format_front(rows: Sequence[TrialRow], on_front: Sequence[TrialRow]) -> str:
             state = "on the front" if r in on_front else "not on the front"
             lines.append(f"reference (Torch-Pruning one-shot recipe, {state}):")
             lines.append(_line(r))
+    failed = [r for r in rows if r.status == "FAILED"]
+    if failed:
+        lines.append(f"{len(failed)} failed:")
+        lines += [_line(r) for r in failed]
     return "\n".join(lines)
 
 
 def _line(r: TrialRow) -> str:
+    if r.status == "FAILED":  # no metrics to show (never `nan`): the error instead
+        error = r.error.strip().splitlines()[-1] if r.error.strip() else "no error recorded"
+        return f"{r.trial_id:<14} FAILED: {error}"
     return (
         f"{r.trial_id:<14} {r.val_acc:>8.2%} {r.cost:>7g} {r.speedup:>8.2f}x "
         f"{r.macs / 1e6:>7.2f}M {r.train_seconds:>8.0f}  {r.schedule}"

@@ -35,6 +35,7 @@ class TrialRow:
     schedule: str
     reference: bool  # Torch-Pruning's one-shot recipe, run as the search's first trial
     checkpoint: str = ""  # rows read from Ray's storage (run_id ""): the trial's checkpoint
+    error: str = ""  # a failed attempt's error (MLflow tag `error`)
 
     @property
     def usable(self) -> bool:
@@ -60,6 +61,7 @@ def rows_from_runs(runs: list[Any]) -> list[TrialRow]:
                 train_seconds=m.get("train_seconds", float("nan")),
                 schedule=tags.get("schedule", ""),
                 reference=tags.get("reference") == "true",
+                error=tags.get("error", ""),
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)
