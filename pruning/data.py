@@ -128,6 +128,22 @@ def _data_root(spec: DataSpec) -> Path:
     return Path(os.environ.get("PRUNETUNE_DATA", _DEFAULT_BASE)).expanduser() / spec.name
 
 
+def check_root(spec: DataSpec) -> None:
+    """A data root that is not there, said before a command writes anything (a download makes
+    it, generated data needs none). Only that the folder exists: its files are read later."""
+    if spec.name == "synthetic" or (spec.download and spec.name != "imagefolder"):
+        return
+    root = _data_root(spec)
+    folder = root / "train" if spec.name == "imagefolder" else root
+    if not folder.is_dir():
+        where = "data.root" if spec.root is not None else "the default data folder"
+        hint = "ROOT/train/<class>/<image>" if spec.name == "imagefolder" else "download=true"
+        raise FileNotFoundError(
+            f"{spec.name}: {where} {folder} does not exist; point data.root (or --data "
+            f"{spec.name}:ROOT) at the data, or use {hint}"
+        )
+
+
 # --- CIFAR through torchvision ----------------------------------------------------------------
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support.experiment import tiny_experiment
 
 from pruning import schedule as schedule_io
 from pruning.models import load_vgg19
 from pruning.prune import count_macs_params
-from search.cli import main
+from search.cli import main, parse_args
+from trainables import tracking
 
 DATA = {"name": "synthetic", "samples": 1500, "num_classes": 10, "val_size": 0.2}
 
@@ -157,3 +159,67 @@ def test_console_script_help() -> None:
         [str(script), "replay", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "examples:" in out and "--checkpoint" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "c.yaml", "--resume", "target_speedup=3"],
+        ["search", "c.yaml", "--dry-run", "target_speedup=3"],
+        ["pareto", "c.yaml", "--json", "target_speedup=3"],
+        ["export", "c.yaml", "--out", "d", "target_speedup=3", "--pick", "max-acc"],
+        ["report", "c.yaml", "--pick", "knee", "target_speedup=3"],
+        ["pretrain", "c.yaml", "--json", "target_speedup=3"],
+    ],
+)
+def test_overrides_may_follow_options(argv) -> None:
+    args = parse_args(argv)
+    assert args.overrides == ["target_speedup=3"]
+    assert str(getattr(args, "config", getattr(args, "experiment", None))) == "c.yaml"
+
+
+def _tiny_config(tmp_path: Path, **changes) -> Path:
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(tiny_experiment("cli", out=str(tmp_path / "out"), **changes)))
+    return config
+
+
+def test_dry_run_takes_an_override_after_the_option(capsys, tmp_path) -> None:
+    assert main(["search", str(_tiny_config(tmp_path)), "--dry-run", "num_trials=3"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["config"]["num_trials"] == 3
+    assert not (tmp_path / "out").exists()
+
+
+def _readable_error(capsys, argv: list[str], message: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Errno" not in err and "Traceback" not in err
+
+
+def test_a_failed_export_leaves_no_out_folder(capsys, tmp_path) -> None:
+    out = tmp_path / "new" / "export"
+    _readable_error(capsys, ["export", "no-such-search", "--out", str(out)], "--mlflow-uri")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.ensure_experiment(uri, "empty")  # a store, but no search in it
+    argv = ["export", "empty", "--mlflow-uri", uri, "--out", str(out)]
+    _readable_error(capsys, argv, "no search run yet")
+    assert not (tmp_path / "new").exists()
+
+
+def test_out_on_a_file_is_one_readable_error(capsys, tmp_path) -> None:
+    file = tmp_path / "file"
+    file.write_text("not a folder")
+    argv = ["export", "no-such-search", "--out", str(file / "export")]
+    _readable_error(capsys, argv, "is a file, not a folder")
+    config = _tiny_config(tmp_path)
+    _readable_error(capsys, ["search", str(config), f"out={file}"], "is a file, not a folder")
+    assert file.read_text() == "not a folder"
+
+
+def test_a_missing_data_root_is_reported_before_anything_is_written(capsys, tmp_path) -> None:
+    missing = tmp_path / "no-data"
+    config = _tiny_config(tmp_path, data={"name": "imagefolder", "root": str(missing)})
+    _readable_error(capsys, ["search", str(config)], f"{missing / 'train'} does not exist")
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.rglob("mlflow.db"))

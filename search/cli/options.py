@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -71,3 +74,30 @@ class IntermixedParser(argparse.ArgumentParser):
             return self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
+
+
+def out_folder(path: Path, option: str) -> Path:
+    """`path` made absolute and checked to be a folder, or one that can be made (no file in its
+    way); nothing is created yet, so a command that fails later leaves no folder behind."""
+    folder = path.expanduser().resolve()
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = f"{option} {folder}" + ("" if part == folder else f": {part}")
+                raise ValueError(f"{where} is a file, not a folder; pass a folder to write into")
+            break
+    return folder
+
+
+@contextmanager
+def writing_into(folder: Path) -> Iterator[Path]:
+    """Makes `folder` for the block that writes into it. When the block fails, the folders it
+    made are removed again (a folder that was there before is left as it was)."""
+    new = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if new:
+            shutil.rmtree(new[-1], ignore_errors=True)  # the outermost folder made here
+        raise

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from search.cli.options import command
+from pruning.data import check_root
+from search.cli.options import command, out_folder, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
 from search.export import export_trial
 from search.pareto import Pick, format_front, front, front_json, parse_pick, pick
@@ -84,22 +85,15 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def search(args: argparse.Namespace) -> dict[str, Any]:
     config = _config(args)
     if args.dry_run:
-        print(
-            yaml.safe_dump(
-                {
-                    "config": config_to_dict(config),
-                    "search_space": describe_space(config.space),
-                    "tracking_uri": config.tracking_uri,
-                    "storage": str(config.storage),
-                },
-                sort_keys=False,
-            )
-        )
-        return {}
+        return _dry_run(config)
+    # before out/ and mlflow.db are created; on a cluster the data may live on the nodes only
+    if not config.ray_address:
+        check_root(config.data)
+    out_folder(config.out_dir, "out")
     # Ray is only imported when a search really runs
     from search.tuner import failure_summary, run_search, search_session
 
-    with search_session(config, args.resume, getattr(args, "force", False)):
+    with search_session(config, args.resume, args.force):
         outcome = run_search(config, resume=args.resume)
         all_failed = failure_summary(outcome.results)
         if all_failed:  # no front to read: the search failed, say why
@@ -113,6 +107,18 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         f"{tracking.ui_command(config.tracking_uri)}"
     )
     return summary | {"parent_run_id": outcome.parent_run_id, "failed": failed}
+
+
+def _dry_run(config: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config and the search space on stdout; nothing is run or written."""
+    resolved = {
+        "config": config_to_dict(config),
+        "search_space": describe_space(config.space),
+        "tracking_uri": config.tracking_uri,
+        "storage": str(config.storage),
+    }
+    print(yaml.safe_dump(resolved, sort_keys=False))
+    return {}
 
 
 def finish_search(
@@ -285,10 +291,11 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     """The pick's files, its plots and the search's report.html into --out."""
     how = parse_pick(args.pick)
     ray_rows = _ray_rows(args)
-    out = _folder(args.out)
+    out = out_folder(args.out, "--out")  # checked now, made once the pick is known
     if ray_rows is not None:  # MLflow unreachable: the trial's files from its Ray checkpoint
         row = pick(ray_rows, how)
-        metrics = export_trial("", row, out, args.pick)
+        with writing_into(out):
+            metrics = export_trial("", row, out, args.pick)
         say(
             f"exported trial {row.trial_id} from Ray's storage to {out} (no report.html: it "
             "needs MLflow)"
@@ -296,11 +303,12 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         return metrics | {"out": str(out)}
     uri, experiment, _ = _where(args)
     pick(load_rows(uri, experiment), how)  # nothing completed: the error, before any work
-    data = read_report_data(uri, experiment, how, args.pick, out)
-    row = data.pick
-    assert row is not None
-    metrics = export_trial(uri, row, out, args.pick)
-    (out / "report.html").write_text(build_html(data))
+    with writing_into(out):
+        data = read_report_data(uri, experiment, how, args.pick, out)
+        row = data.pick
+        assert row is not None
+        metrics = export_trial(uri, row, out, args.pick)
+        (out / "report.html").write_text(build_html(data))
     say(
         f"exported trial {row.trial_id} ({row.val_acc:.2%}, {row.cost:g} epochs) to {out} "
         f"with its plots and report.html; replay it with: "
@@ -335,20 +343,13 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
             "the report reads its plots' data from MLflow, which is unreachable; start the "
             "tracking server (`prunetune pareto` shows the front from Ray's storage meanwhile)"
         )
-    out = _folder(args.out or out_dir)
+    out = out_folder(args.out or out_dir, "--out")
     with tempfile.TemporaryDirectory() as tmp:
         data = read_report_data(uri, experiment, how, args.pick, Path(tmp))
     path = out / "report.html"
-    path.write_text(build_html(data))
+    with writing_into(out):
+        path.write_text(build_html(data))
     say(f"wrote {path} ({len(data.rows)} trials, {len(data.front_ids)} on the front)")
     if not args.json:
         print(path)
     return {"report": str(path), "trials": len(data.rows), "front": sorted(data.front_ids)}
-
-
-def _folder(path: Path) -> Path:
-    folder = path.expanduser().resolve()
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {folder} is a file, not a folder; pass a folder to write into")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
