@@ -34,6 +34,9 @@ import torchvision
 from filelock import FileLock
 from PIL import Image
 
+from pruning.registry import Registry
+from pruning.validate import positive_int, require
+
 _DEFAULT_BASE = "~/.cache/prunetune-data"
 _CACHE_VERSION = 1  # bump when the cache layout changes, so old files are never misread
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff"}
@@ -51,19 +54,42 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check(ok: bool, field: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"DataSpec.{field}={value!r} is invalid; allowed: {allowed}")
+# Why 1.0 is refused: a float is always a fraction and an int a count, never the other way.
+VAL_SIZE_RULE = (
+    "a float in (0, 1) is a fraction of the training images (0.1 = 10%), "
+    "an integer >= 1 a count of images (5000)"
+)
+
+
+def _check_val_size(value: object) -> None:
+    if isinstance(value, float) and value >= 1 and value.is_integer():
+        require(
+            False,
+            "data.val_size",
+            value,
+            f"{VAL_SIZE_RULE}; {value!r} is a float, so a fraction, and a fraction must be "
+            f"below 1: write {int(value)} for a count, or e.g. 0.1 for 10%",
+        )
+    ok = (isinstance(value, float) and 0 < value < 1) or (_is_int(value) and value >= 1)
+    require(ok, "data.val_size", value, VAL_SIZE_RULE)
+
+
+def parse_val_size(text: str) -> float | int:
+    """A command-line --val-size: '5000' is a count (int), '0.1' or '1.0' a fraction (float)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """Which data to load and how to split it; validated on construction."""
 
-    name: str = "synthetic"  # registry key, see dataset_names()
+    name: str = "synthetic"  # a DATASETS name
     root: str | None = None  # None -> $PRUNETUNE_DATA (default ~/.cache/prunetune-data) / name
     download: bool = False  # let torchvision download CIFAR
-    val_size: float = 0.1  # fraction 0 < x < 1 or integer count >= 1; unused if data bring a val
+    val_size: float = 0.1  # see VAL_SIZE_RULE; unused when the data bring their own val
     split_seed: int = 0
     train_subset: int | None = None  # stratified subset of train (after the val carve)
     num_classes: int = 10  # synthetic only
@@ -71,26 +97,24 @@ class DataSpec:
     image_size: int = 32  # imagefolder images are resized to image_size x image_size
 
     def __post_init__(self) -> None:
-        _check(self.name in DATASETS, "name", self.name, f"one of {dataset_names()}")
+        DATASETS.check("data.name", self.name)
         root_ok = self.root is None or (isinstance(self.root, str) and self.root != "")
-        _check(root_ok, "root", self.root, "None or a non-empty path")
-        _check(isinstance(self.download, bool), "download", self.download, "True or False")
-        v = self.val_size
-        number = isinstance(v, float | int) and not isinstance(v, bool)
-        val_ok = number and (0 < v < 1 or (v >= 1 and float(v).is_integer()))
-        _check(val_ok, "val_size", v, "a fraction 0 < x < 1 or an integer count >= 1")
+        require(root_ok, "data.root", self.root, "null or a non-empty path")
+        require(isinstance(self.download, bool), "data.download", self.download, "true or false")
+        _check_val_size(self.val_size)
         seed_ok = _is_int(self.split_seed) and 0 <= self.split_seed < 2**63
-        _check(seed_ok, "split_seed", self.split_seed, "an integer in [0, 2**63)")
+        require(seed_ok, "data.split_seed", self.split_seed, "an integer in [0, 2**63)")
         subset = self.train_subset
         subset_ok = subset is None or (_is_int(subset) and subset >= 1)
-        _check(subset_ok, "train_subset", self.train_subset, "None or an integer >= 1")
+        require(subset_ok, "data.train_subset", subset, "null or an integer >= 1")
         k_ok = _is_int(self.num_classes) and 2 <= self.num_classes <= 1000
-        _check(k_ok, "num_classes", self.num_classes, "an integer in [2, 1000]")
+        require(k_ok, "data.num_classes", self.num_classes, "an integer in [2, 1000]")
         # Two images per class at least, so that every class can appear in both train and val.
         samples_ok = _is_int(self.samples) and self.samples >= 2 * self.num_classes
-        _check(samples_ok, "samples", self.samples, f">= 2 * num_classes = {2 * self.num_classes}")
+        need = f"an integer >= 2 * num_classes = {2 * self.num_classes}"
+        require(samples_ok, "data.samples", self.samples, need)
         size_ok = _is_int(self.image_size) and 8 <= self.image_size <= 1024
-        _check(size_ok, "image_size", self.image_size, "an integer in [8, 1024]")
+        require(size_ok, "data.image_size", self.image_size, "an integer in [8, 1024]")
 
 
 @dataclass
@@ -317,16 +341,15 @@ def _synthetic_split(templates: torch.Tensor, n: int, size: int, seed: int) -> S
     return Split(torch.cat(chunks), labels)
 
 
-DATASETS: dict[str, Callable[[DataSpec], RawData]] = {
-    "cifar100": partial(_load_cifar, cls=torchvision.datasets.CIFAR100),
-    "cifar10": partial(_load_cifar, cls=torchvision.datasets.CIFAR10),
-    "imagefolder": _load_imagefolder,
-    "synthetic": _load_synthetic,
-}
-
-
-def dataset_names() -> list[str]:
-    return list(DATASETS)
+DATASETS: Registry[Callable[[DataSpec], RawData]] = Registry(
+    "dataset",
+    {
+        "cifar100": partial(_load_cifar, cls=torchvision.datasets.CIFAR100),
+        "cifar10": partial(_load_cifar, cls=torchvision.datasets.CIFAR10),
+        "imagefolder": _load_imagefolder,
+        "synthetic": _load_synthetic,
+    },
+)
 
 
 # --- splitting, statistics, loading --------------------------------------------------------------
@@ -382,9 +405,8 @@ def _channel_stats(images: torch.Tensor) -> tuple[Stats, Stats]:
 
 def load_dataset(spec: DataSpec, device: torch.device | str = "cpu") -> Dataset:
     """Load `spec`, carve val (unless the data bring one), subset train, move to `device`."""
-    if spec.name not in DATASETS:
-        raise ValueError(f"unknown dataset {spec.name!r}; valid names: {dataset_names()}")
-    raw = DATASETS[spec.name](spec)
+    raw = DATASETS[DATASETS.check("data.name", spec.name)](spec)
+    _check_classes(spec, raw)
     train, val = _train_and_val(spec, raw)
     mean, std = _channel_stats(train.images)
     h, w = train.images.shape[-2:]
@@ -400,6 +422,36 @@ def load_dataset(spec: DataSpec, device: torch.device | str = "cpu") -> Dataset:
     return Dataset(train, val, test, len(raw.classes), raw.classes, mean, std, description)
 
 
+def _classes_present(split: Split) -> int:
+    return int(torch.unique(split.labels).numel())
+
+
+def _check_classes(spec: DataSpec, raw: RawData) -> None:
+    """A classifier needs 2 classes: on one, every prediction is right and nothing is learned."""
+    present = _classes_present(raw.train)
+    require(
+        present >= 2,
+        "data.name",
+        spec.name,
+        f"the data ({raw.source}) hold training images of {present} class(es) "
+        f"({len(raw.classes)} listed); classification needs at least 2",
+    )
+
+
+def _check_val(spec: DataSpec, n_val: int, classes: int, own: bool) -> None:
+    """Val needs an image per class at least, or its accuracy cannot see every class."""
+    field, value = ("data.root", spec.root) if own else ("data.val_size", spec.val_size)
+    source = "the data's own val/ split holds" if own else "it carves"
+    fix = "add images to val/" if own else f"use a count >= {classes} or a larger fraction"
+    require(
+        n_val >= classes,
+        field,
+        value,
+        f"{source} {n_val} val images for {classes} classes; "
+        f"val needs at least one image per class: {fix}",
+    )
+
+
 def _train_and_val(spec: DataSpec, raw: RawData) -> tuple[Split, Split]:
     """Carve a stratified val from train (unless the data bring one), then subset train."""
     gen = torch.Generator().manual_seed(spec.split_seed)
@@ -407,14 +459,16 @@ def _train_and_val(spec: DataSpec, raw: RawData) -> tuple[Split, Split]:
     if val is None:
         n = len(train.labels)
         n_val = round(spec.val_size * n) if spec.val_size < 1 else int(spec.val_size)
-        if not 1 <= n_val < n:
-            raise ValueError(f"DataSpec.val_size={spec.val_size!r} gives {n_val} of {n} images")
+        require(1 <= n_val < n, "data.val_size", spec.val_size, f"it gives {n_val} of {n} images")
+        _check_val(spec, n_val, _classes_present(train), own=False)
         is_val = _stratified_mask(train.labels, n_val, gen)
         train, val = _take(train, ~is_val), _take(train, is_val)
+    else:
+        _check_val(spec, len(val.labels), _classes_present(train), own=True)
     if spec.train_subset is not None:
         if spec.train_subset > len(train.labels):
             raise ValueError(
-                f"DataSpec.train_subset={spec.train_subset} exceeds the {len(train.labels)} "
+                f"data.train_subset={spec.train_subset} exceeds the {len(train.labels)} "
                 "training images left after the val split"
             )
         train = _take(train, _stratified_mask(train.labels, spec.train_subset, gen))
@@ -462,10 +516,8 @@ class BatchLoader:
         shuffle: bool,
         seed: int = 0,
     ) -> None:
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1")
-        if not _is_int(seed) or seed < 0:
-            raise ValueError(f"seed={seed!r} is invalid; allowed: an integer >= 0")
+        positive_int("batch_size", batch_size, minimum=1)
+        positive_int("seed", seed)
         self.split, self.batch_size = split, batch_size
         self.augment, self.shuffle, self.seed = augment, shuffle, seed
         self._epoch = 0

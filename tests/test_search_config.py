@@ -32,7 +32,7 @@ BASE = {"name": "t", "data": {"name": "synthetic"}}
         ({"target_speedup": 0.9}, "target_speedup"),
         ({"space": {"min_channel_ratios": [0.0, 0.5]}}, "caps the speed-up"),
         ({"space": {"lr_schedules": ["cosine"]}}, "reference_trial needs 'step'"),
-        ({"data": {"name": "imagenet"}}, "DataSpec.name"),
+        ({"data": {"name": "imagenet"}}, "data.name"),
         ({"name": "a b"}, "name"),
     ],
 )

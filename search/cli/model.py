@@ -13,10 +13,11 @@ import torch
 from pruning import schedule as schedule_io
 from pruning.data import DataSpec, load_dataset
 from pruning.devices import resolve_device
+from pruning.importance import IMPORTANCES
 from pruning.models import load_checkpoint, load_vgg19, vgg19
 from pruning.pretrain import load_pretrain_config
 from pruning.pretrain import pretrain as run_pretrain
-from pruning.prune import prune_to_speedup
+from pruning.prune import MIN_CHANNEL_RATIO, MIN_CHANNELS, RANKINGS, prune_to_speedup
 from pruning.replay import replay as run_replay
 from pruning.replay import run_section
 from pruning.runner import StageResult
@@ -48,16 +49,24 @@ print per-layer widths before and after, MACs, params and the time taken. With
     p.add_argument("--width", type=float, help="channel multiplier of a random-init model (1.0)")
     p.add_argument("--num-classes", type=int, help="classes of a random-init model (100)")
     p.add_argument("--checkpoint", type=Path, help="state dict of an (unpruned) VGG19")
+    # No argparse choices for --importance: the registry's error suggests the closest name.
     p.add_argument(
-        "--importance", default="group_norm", help="group_norm (default), lamp, bn_scale or random"
+        "--importance",
+        default="group_norm",
+        help=f"one of {', '.join(IMPORTANCES.names())} (default group_norm)",
     )
-    p.add_argument("--ranking", default="global", choices=("global", "local"))
-    p.add_argument("--min-channels", type=int, default=4, help="per-layer floor (default 4)")
+    p.add_argument("--ranking", default="global", choices=RANKINGS.names())
+    p.add_argument(
+        "--min-channels",
+        type=int,
+        default=MIN_CHANNELS,
+        help=f"per-layer floor (default {MIN_CHANNELS})",
+    )
     p.add_argument(
         "--min-channel-ratio",
         type=float,
-        default=0.1,
-        help="per-layer floor as a fraction of the layer's channels (default 0.1)",
+        default=MIN_CHANNEL_RATIO,
+        help=f"per-layer floor as a fraction of the layer's channels (default {MIN_CHANNEL_RATIO})",
     )
     p.add_argument("--out", type=Path, help="also write the pruned state dict here")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pruning.data import DataSpec
+from pruning.data import DATASETS, DataSpec, parse_val_size
 
 RAW = argparse.RawDescriptionHelpFormatter  # keeps our line breaks and example lines intact
 
@@ -29,15 +29,15 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         metavar="NAME[:ROOT]",
-        help="dataset: cifar100, cifar10, imagefolder:ROOT or synthetic "
+        help=f"dataset: one of {', '.join(DATASETS.names())}, with :ROOT for its folder "
         "(e.g. cifar10:~/data, imagefolder:~/cifar10-jpeg)",
     )
     p.add_argument("--train-subset", type=int, metavar="N", help="stratified N training images")
     p.add_argument(
         "--val-size",
-        type=float,
-        metavar="F",
-        help="validation carved from train: a fraction (0.1) or a count (5000)",
+        type=parse_val_size,
+        metavar="F|N",
+        help="validation carved from train: a fraction below 1 (0.1) or a count (5000)",
     )
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
 
