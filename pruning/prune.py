@@ -430,6 +430,26 @@ def _narrowest(widths: dict[str, int], original_widths: dict[str, int]) -> str:
     return min(widths, key=lambda n: widths[n] / original_widths.get(n, widths[n]))
 
 
+def floor_speedup(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    min_channels: int = MIN_CHANNELS,
+    min_channel_ratio: float = MIN_CHANNEL_RATIO,
+) -> float:
+    """The largest speed-up the per-layer floor lets this unpruned model reach: every prunable
+    layer cut to its floor, predicted as prune_to_speedup predicts it (no pruning is done).
+    Any target above it is unreachable, whatever the importance, ranking or stages."""
+    macs, _ = count_macs_params(model, example_inputs)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    ignored = [_output_layer(model, example_inputs)]
+    groups = dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear))
+    roots = [g[0].dep.target.module for g in groups]
+    names = {m: n for n, m in model.named_modules()}
+    floors = layer_floors(layer_widths(model), min_channels, min_channel_ratio)
+    predict = _MacsModel(model, example_inputs, dg, roots, macs)
+    return macs / predict([floors[names[r]] for r in roots])
+
+
 def sparsity_regularizer(
     model: nn.Module, example_inputs: torch.Tensor, reg: float
 ) -> Callable[[nn.Module], None]:

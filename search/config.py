@@ -8,22 +8,27 @@ absolute and fills the embedded defaults (local Ray, sqlite MLflow under the out
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from pruning.data import DataSpec
 from pruning.importance import IMPORTANCES
-from pruning.models import check_width
+from pruning.models import check_width, vgg19
 from pruning.pretrain import apply_overrides
-from pruning.prune import RANKINGS, speedup_cap
+from pruning.prune import RANKINGS, floor_speedup
 from pruning.schedule import MAX_SPEEDUP, Training
 from pruning.train import LR_SCHEDULES
-from pruning.validate import build_dataclass, number_in, positive_int, require
+from pruning.validate import build_dataclass, did_you_mean, number_in, positive_int, require
+from search.space import SAMPLERS, checked_points
+from trainables.point import DIMENSIONS, Dimension, min_channels_for
 
-SAMPLERS = ("tpe", "nsga2", "random")
+# MLflow tracking stores by URI scheme (a database's may name a driver: postgresql+psycopg2).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 def _choices(name: str, values: Any, allowed: tuple[str, ...] | None = None) -> None:
@@ -100,6 +105,35 @@ class MlflowConfig:
     tracking_uri: str | None = None  # None: sqlite database under the output folder
     experiment: str | None = None  # None: the experiment's name
 
+    def __post_init__(self) -> None:
+        if self.tracking_uri is not None:
+            _check_tracking_uri(self.tracking_uri)
+        require(
+            self.experiment is None
+            or (isinstance(self.experiment, str) and self.experiment.strip() != ""),
+            "mlflow.experiment",
+            self.experiment,
+            "a non-empty name, or null for the experiment's name",
+        )
+
+
+def _check_tracking_uri(uri: object) -> None:
+    field_ = "mlflow.tracking_uri"
+    schemes = ", ".join(TRACKING_SCHEMES)
+    allowed = f"a URI such as sqlite:///path/mlflow.db or http://host:5000 ({schemes})"
+    require(isinstance(uri, str) and "://" in uri, field_, uri, allowed)
+    assert isinstance(uri, str)
+    scheme, _, rest = uri.partition("://")
+    base = scheme.split("+")[0].lower()
+    hint = did_you_mean(base, TRACKING_SCHEMES)
+    require(base in TRACKING_SCHEMES, field_, uri, f"unknown scheme {scheme!r}; {hint}{allowed}")
+    if base in ("http", "https"):
+        require(
+            rest.split("/")[0] != "", field_, uri, "an http(s) URI needs a host: http://host:5000"
+        )
+    if base == "sqlite":
+        require(rest.startswith("/") and rest != "/", field_, uri, "sqlite:///path/to/mlflow.db")
+
 
 @dataclass(frozen=True)
 class AshaConfig:
@@ -146,22 +180,22 @@ class ExperimentConfig:
         )
         number_in("target_speedup", self.target_speedup, 1.0, MAX_SPEEDUP)
         check_width(self.width)
-        require(self.sampler in SAMPLERS, "sampler", self.sampler, f"one of {', '.join(SAMPLERS)}")
+        SAMPLERS.check("sampler", self.sampler)
         positive_int("seed", self.seed)
         positive_int("num_trials", self.num_trials, minimum=1)
         positive_int("max_concurrent", self.max_concurrent, minimum=1)
         positive_int("max_failures", self.max_failures)
-        cap = speedup_cap(max(self.space.min_channel_ratios))
+        _check_reachable(self)
         require(
-            cap >= self.target_speedup,
-            "space.min_channel_ratios",
-            self.space.min_channel_ratios,
-            f"a floor of {max(self.space.min_channel_ratios)} caps the speed-up near "
-            f"{cap:.3g}x, below target_speedup={self.target_speedup}",
+            isinstance(self.reference_trial, bool),
+            "reference_trial",
+            self.reference_trial,
+            "true or false",
         )
-
         if self.reference_trial:
             _check_reference(self.space)
+        require(isinstance(self.points, tuple), "points", self.points, "a list of mappings")
+        checked_points(self)  # every key known, every value of its type and in the space
 
     @property
     def out_dir(self) -> Path:
@@ -196,29 +230,54 @@ class ExperimentConfig:
         )
 
 
+def _space_field(dim: Dimension) -> str:
+    """The space setting(s) a dimension is drawn from, as the config file names them."""
+    source = dim.source
+    names = [source] if isinstance(source, str) else [s for s in source if isinstance(s, str)]
+    return "/".join(f"space.{n}" for n in names) or dim.name
+
+
 def _check_reference(space: SpaceConfig) -> None:
-    """The reference trial (one shot, group_norm, global, no floor, step LR 0.01) must be a
-    point of the space, or Optuna cannot be told its result."""
-    needs = {
-        "lr_schedules": "step",
-        "importances": "group_norm",
-        "rankings": "global",
-        "min_channel_ratios": 0.0,
-        "sparse_epochs": 0,
-    }
-    for key, value in needs.items():
+    """The reference trial (Torch-Pruning's one-shot recipe) must be a point of the space, or
+    Optuna cannot be told its result."""
+    for dim in DIMENSIONS:
+        value = dim.reference_value(space)
         require(
-            value in getattr(space, key),
-            f"space.{key}",
-            getattr(space, key),
-            f"reference_trial needs {value!r} in it (or set reference_trial: false)",
+            dim.problem(value, space) is None,
+            _space_field(dim),
+            dim.domain(space),
+            f"reference_trial needs {dim.name}={value!r} in it (or set reference_trial: false)",
         )
+
+
+def _check_reachable(config: ExperimentConfig) -> None:
+    """The target must be reachable under the tightest floor of the space (its largest
+    min_channel_ratio) on this model, or every trial that draws it fails."""
+    ratio = max(config.space.min_channel_ratios)
+    cap = _floor_speedup(config.width, _num_classes(config.data), config.data.image_size, ratio)
     require(
-        space.lr_min <= 0.01 <= space.lr_max,
-        "space.lr_min/lr_max",
-        (space.lr_min, space.lr_max),
-        "reference_trial needs lr 0.01 inside the range",
+        config.target_speedup <= cap,
+        "target_speedup",
+        config.target_speedup,
+        f"the channel floor of min_channel_ratio={ratio} (and at least "
+        f"{min_channels_for(ratio)} channels a layer) lets VGG19 x{config.width} reach at most "
+        f"{cap:.3g}x; lower the target, or the largest of space.min_channel_ratios",
     )
+
+
+def _num_classes(data: DataSpec) -> int:
+    # The classifier is never pruned and well under 1% of the MACs: its size barely moves the
+    # cap, so an image folder's class count (unknown until it is read) is taken as data's.
+    return {"cifar10": 10, "cifar100": 100}.get(data.name, data.num_classes)
+
+
+@functools.lru_cache(maxsize=32)
+def _floor_speedup(width: float, num_classes: int, image_size: int, ratio: float) -> float:
+    """Builds the unpruned model (well under a second): cached, since a config is validated
+    again on every dataclasses.replace."""
+    model = vgg19(num_classes, width)
+    example = torch.zeros(1, 3, image_size, image_size)  # (N, C, H, W)
+    return floor_speedup(model, example, min_channels_for(ratio), ratio)
 
 
 _SECTIONS: dict[str, type] = {
@@ -246,7 +305,8 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
                     for k, v in section.items()
                 }
             raw[key] = build_dataclass(cls, section, key)
-        raw["points"] = tuple(raw.get("points") or ())
+        points = raw.get("points") or ()
+        raw["points"] = tuple(points) if isinstance(points, list) else points
         return build_dataclass(ExperimentConfig, raw, "experiment")
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None

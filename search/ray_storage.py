@@ -16,9 +16,10 @@ from typing import Any
 
 from pruning.runner import StageResult
 from search.config import ExperimentConfig
-from search.space import reference_point
+from search.space import is_reference as is_reference_config
+from search.space import trial_schedule
 from trainables import tracking
-from trainables.schedule_config import flat_params, schedule_from_config
+from trainables.point import TrialPoint, flat_params
 
 METRICS = {f.name for f in fields(StageResult)} | {"cost"}  # what a trial logs per stage
 
@@ -63,29 +64,24 @@ def read_trials(experiment_dir: Path, parent_run_id: str | None = None) -> list[
 
 
 def schedule_summary(config: ExperimentConfig, trial: RayTrial) -> str:
-    schedule = schedule_from_config(
-        trial.config, config.target_speedup, config.training, config.space.sparse_reg
-    )
-    return schedule.summary()
+    return trial_schedule(trial.config, config).summary()
 
 
 def is_reference(config: ExperimentConfig, trial: RayTrial) -> bool:
-    return all(trial.config.get(k) == v for k, v in reference_point(config).items())
+    return is_reference_config(trial.config, config)
 
 
 def copy_to_mlflow(
     config: ExperimentConfig, experiment_id: str, parent_id: str, trial: RayTrial
 ) -> str:
     """One trial from Ray's storage as a FINISHED run: params, per-stage metrics, final/."""
-    schedule = schedule_from_config(
-        trial.config, config.target_speedup, config.training, config.space.sparse_reg
-    )
+    schedule = trial_schedule(trial.config, config)
     tags = {"source": "ray-storage", "schedule": schedule.summary()}
     if config.reference_trial and is_reference(config, trial):
         tags["reference"] = "true"
     uri = config.tracking_uri
     with tracking.trial_run(uri, experiment_id, parent_id, trial.trial_id, trial.name, tags) as run:
-        run.log_params(flat_params(schedule))
+        run.log_params(flat_params(schedule, TrialPoint.from_config(trial.config)))
         for stage in trial.stages:
             metrics = {k: float(v) for k, v in stage.items() if k in METRICS}
             run.log_metrics(metrics, step=int(stage["stage"]))

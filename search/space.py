@@ -1,100 +1,95 @@
-"""The Tune search space and the searcher (Optuna, two objectives)."""
+"""The Tune search space, the samplers and the searcher (Optuna, two objectives).
+
+The dimensions themselves are one table, trainables.point.TrialPoint; this module turns them
+into Tune domains, and names the points Optuna is told first (the reference recipe, `points`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from search.config import ExperimentConfig, SpaceConfig
-from trainables.schedule_config import reference_config
+from pruning.registry import Registry
+from pruning.schedule import Schedule
+from trainables.point import Dimension, TrialPoint, keyed_dimensions, point_from_user
+from trainables.point import reference_point as reference_of_space
+
+if TYPE_CHECKING:  # search.config imports SAMPLERS from here
+    from search.config import ExperimentConfig, SpaceConfig
 
 OBJECTIVES = {"val_acc": "max", "cost": "min"}  # accuracy after the last stage; epochs spent
-SHARE_RANGE = (0.2, 1.0)  # a stage's share of log speed-up / epochs: at most 5x another's
+
+# name -> sampler(seed). The space is static (per-stage keys always drawn), so multivariate TPE
+# models the interactions between stages without falling back to random sampling.
+SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry(
+    "sampler",
+    {
+        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+        "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+        "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    },
+)
+
+
+def _tune_domain(dim: Dimension, space: SpaceConfig) -> Any:
+    domain = dim.domain(space)
+    if dim.kind == "int":
+        return tune.randint(domain[0], domain[1] + 1)  # upper bound exclusive
+    if dim.kind == "choice":
+        return tune.choice(list(domain))
+    if dim.kind == "uniform":
+        return tune.uniform(*domain)
+    return tune.loguniform(*domain)
 
 
 def param_space(space: SpaceConfig) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "n_stages": tune.randint(1, space.max_stages + 1),  # upper bound exclusive
-        "total_epochs": tune.choice(list(space.total_epochs)),
-        "lr_schedule": tune.choice(list(space.lr_schedules)),
-        "importance": tune.choice(list(space.importances)),
-        "ranking": tune.choice(list(space.rankings)),
-        "min_channel_ratio": tune.choice(list(space.min_channel_ratios)),
-        "sparse_epochs": tune.choice(list(space.sparse_epochs)),
-    }
-    for i in range(space.max_stages):
-        params[f"split_{i}"] = tune.uniform(*SHARE_RANGE)
-        params[f"epochs_{i}"] = tune.uniform(*SHARE_RANGE)
-        params[f"lr_{i}"] = tune.loguniform(space.lr_min, space.lr_max)
-    return params
+    return {key: _tune_domain(dim, space) for key, dim in keyed_dimensions(space.max_stages)}
 
 
 def describe_space(space: SpaceConfig) -> dict[str, str]:
-    """Readable dimensions, for --dry-run and the parent run's artifact."""
-    low, high = SHARE_RANGE
+    """Readable dimensions, for --dry-run and the parent run's artifact; a per-stage dimension
+    is one line (`split_0..2`)."""
     k = space.max_stages
     return {
-        "n_stages": f"integer in [1, {k}]",
-        "total_epochs": f"one of {list(space.total_epochs)} (the cost objective)",
-        "lr_schedule": f"one of {list(space.lr_schedules)}",
-        "importance": f"one of {list(space.importances)}",
-        "ranking": f"one of {list(space.rankings)}",
-        "min_channel_ratio": f"one of {list(space.min_channel_ratios)}",
-        "sparse_epochs": f"one of {list(space.sparse_epochs)}",
-        f"split_0..{k - 1}": f"uniform in [{low}, {high}]: stage share of log(target speed-up)",
-        f"epochs_0..{k - 1}": f"uniform in [{low}, {high}]: stage share of total_epochs",
-        f"lr_0..{k - 1}": f"log-uniform in [{space.lr_min}, {space.lr_max}]",
+        (f"{dim.name}_0..{k - 1}" if dim.per_stage else key): dim.describe(space)
+        for key, dim in keyed_dimensions(1)
     }
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        # The space is static (per-stage keys always drawn), so multivariate TPE models the
-        # interactions between stages without falling back to random sampling.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def reference_point(config: ExperimentConfig) -> dict[str, Any]:
-    return reference_config(config.space.max_stages, max(config.space.total_epochs))
+    """Torch-Pruning's recipe as Tune's flat trial config."""
+    return reference_of_space(config.space).to_config()
+
+
+def is_reference(trial_config: dict[str, Any] | None, config: ExperimentConfig) -> bool:
+    return bool(trial_config) and reference_point(config).items() <= trial_config.items()
+
+
+def trial_schedule(trial_config: dict[str, Any], config: ExperimentConfig) -> Schedule:
+    """The schedule a trial of this search ran, from Tune's flat trial config."""
+    point = TrialPoint.from_config(trial_config)
+    return point.schedule(config.target_speedup, config.training, config.space.sparse_reg)
+
+
+def checked_points(config: ExperimentConfig) -> list[TrialPoint]:
+    """The experiment's `points`, each completed from the reference recipe and checked against
+    the space (errors name points[i].key)."""
+    base = reference_of_space(config.space)
+    return [
+        point_from_user(raw, base, config.space, f"points[{i}]")
+        for i, raw in enumerate(config.points)
+    ]
 
 
 def known_points(config: ExperimentConfig) -> list[dict[str, Any]]:
-    """The reference recipe and the config's `points`, each completed from the reference."""
-    base = reference_point(config)
-    valid = set(param_space(config.space))
-    points = [base] if config.reference_trial else []
-    for i, point in enumerate(config.points):
-        if not isinstance(point, dict):
-            raise ValueError(f"points[{i}] must be a mapping of trial-config keys")
-        unknown = sorted(set(point) - valid)
-        if unknown:
-            raise ValueError(f"points[{i}]: unknown key(s) {unknown}; valid: {sorted(valid)}")
-        _check_in_space(config.space, base | point, f"points[{i}]")
-        points.append(base | point)
-    return points
-
-
-def _check_in_space(space: SpaceConfig, point: dict[str, Any], where: str) -> None:
-    choices = {
-        "total_epochs": space.total_epochs,
-        "lr_schedule": space.lr_schedules,
-        "importance": space.importances,
-        "ranking": space.rankings,
-        "min_channel_ratio": space.min_channel_ratios,
-        "sparse_epochs": space.sparse_epochs,
-    }
-    for key, allowed in choices.items():
-        if point[key] not in allowed:
-            raise ValueError(f"{where}: {key}={point[key]!r} is not in the space {list(allowed)}")
-    if not 1 <= point["n_stages"] <= space.max_stages:
-        raise ValueError(f"{where}: n_stages={point['n_stages']} is outside 1..{space.max_stages}")
+    """What Optuna is told to try first: the reference recipe and the config's `points`."""
+    points = [reference_point(config)] if config.reference_trial else []
+    return points + [p.to_config() for p in checked_points(config)]
 
 
 def make_searcher(config: ExperimentConfig, storage_url: str) -> ConcurrencyLimiter:
@@ -103,7 +98,7 @@ def make_searcher(config: ExperimentConfig, storage_url: str) -> ConcurrencyLimi
         metric=list(OBJECTIVES),
         mode=list(OBJECTIVES.values()),
         points_to_evaluate=points,
-        sampler=make_sampler(config.sampler, config.seed),
+        sampler=SAMPLERS[config.sampler](config.seed),
         storage=optuna.storages.RDBStorage(storage_url),
         study_name=config.name,
     )

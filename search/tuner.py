@@ -24,13 +24,7 @@ from search.cluster import check_resources, init_ray
 from search.config import ExperimentConfig, config_to_dict
 from search.lock import search_lock
 from search.progress import say
-from search.space import (
-    describe_space,
-    known_points,
-    make_searcher,
-    param_space,
-    reference_point,
-)
+from search.space import describe_space, is_reference, make_searcher, param_space
 from trainables import tracking
 from trainables.trial import TrialContext, run_trial
 
@@ -230,10 +224,6 @@ def _tuner(
     )
 
 
-def _same_point(config: dict[str, Any] | None, point: dict[str, Any]) -> bool:
-    return bool(config) and all(config.get(k) == v for k, v in point.items())
-
-
 @contextlib.contextmanager
 def search_session(config: ExperimentConfig, resume: bool, force: bool = False) -> Iterator[None]:
     """The life of one search: what --resume would continue is checked first (before any
@@ -246,7 +236,8 @@ def search_session(config: ExperimentConfig, resume: bool, force: bool = False) 
 
 
 def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
-    known_points(config)  # bad injected points fail here, before any compute
+    # The config was checked whole when it was made (points, floor against target): no
+    # compute has started yet.
     config.out_dir.mkdir(parents=True, exist_ok=True)
     tracking.check_reachable(config.tracking_uri)
     init_ray(config)
@@ -273,14 +264,13 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         baseline_path=baseline_path,
     )
     grid = _tuner(config, _trainable(config, context, baseline), resume, context).fit()
-    reference = reference_point(config) if config.reference_trial else None
     results = [
         {
             "trial_id": r.metrics.get("trial_id") if r.metrics else None,
             "config": r.config,
             "metrics": r.metrics or {},
             "error": str(r.error) if r.error else None,
-            "reference": reference is not None and _same_point(r.config, reference),
+            "reference": config.reference_trial and is_reference(r.config, config),
         }
         for r in grid
     ]

@@ -8,12 +8,7 @@ import yaml
 from pruning.schedule import Training
 from search.config import ExperimentConfig, SpaceConfig, config_from_dict, load_config
 from search.space import known_points, param_space
-from trainables.schedule_config import (
-    reference_config,
-    schedule_from_config,
-    split_epochs,
-    split_speedups,
-)
+from trainables.point import TrialPoint, reference_point, split_epochs, split_speedups
 
 BASE = {"name": "t", "data": {"name": "synthetic"}}
 
@@ -27,11 +22,12 @@ BASE = {"name": "t", "data": {"name": "synthetic"}}
         ({"space": {"total_epochs": []}}, "space.total_epochs"),
         ({"space": {"lr_min": 0.1, "lr_max": 0.01}}, "space.lr_max"),
         ({"num_trials": 0}, "num_trials"),
-        ({"sampler": "cmaes"}, "sampler"),
+        ({"sampler": "tpee"}, "sampler='tpee' is invalid: did you mean 'tpe'"),
         ({"resources": {"gpu": -1}}, "resources.gpu"),
         ({"target_speedup": 0.9}, "target_speedup"),
-        ({"space": {"min_channel_ratios": [0.0, 0.5]}}, "caps the speed-up"),
-        ({"space": {"lr_schedules": ["cosine"]}}, "reference_trial needs 'step'"),
+        ({"space": {"min_channel_ratios": [0.0, 0.5]}}, "reach at most"),
+        ({"space": {"lr_schedules": ["cosine"]}}, "reference_trial needs lr_schedule='step'"),
+        ({"space": {"lr_min": 0.02}}, "space.lr_min/space.lr_max.*reference_trial needs lr=0.01"),
         ({"data": {"name": "imagenet"}}, "data.name"),
         ({"name": "a b"}, "name"),
     ],
@@ -75,25 +71,25 @@ def test_every_sampled_point_is_a_valid_schedule_on_target() -> None:
     space = SpaceConfig(max_stages=3, total_epochs=(2, 4, 7))
     params = param_space(space)
     for _ in range(50):
-        point = {k: v.sample() for k, v in params.items()}
-        schedule = schedule_from_config(point, 8.84, Training(), 5e-4)
+        config = {k: v.sample() for k, v in params.items()}
+        schedule = TrialPoint.from_config(config).schedule(8.84, Training(), 5e-4)
         assert schedule.stages[-1].speedup == 8.84
-        assert schedule.total_epochs == point["total_epochs"]
-        assert len(schedule.stages) == point["n_stages"]
+        assert schedule.total_epochs == config["total_epochs"]
+        assert len(schedule.stages) == config["n_stages"]
 
 
 def test_reference_point_is_torch_pruning_recipe() -> None:
-    schedule = schedule_from_config(reference_config(3, 6), 8.84, Training(), 5e-4)
+    point = reference_point(SpaceConfig(max_stages=3, total_epochs=(2, 6)))
+    schedule = point.schedule(8.84, Training(), 5e-4)
     assert len(schedule.stages) == 1 and schedule.stages[0].epochs == 6
     assert schedule.importance == "group_norm" and schedule.min_channel_ratio == 0.0
     assert schedule.stages[0].lr_schedule == "step" and schedule.stages[0].lr == 0.01
 
 
 def test_injected_points_are_checked_against_the_space() -> None:
-    config = ExperimentConfig(name="t", points=({"min_channel_ratio": 0.3},))
-    with pytest.raises(ValueError, match="points\\[0\\]: min_channel_ratio=0.3"):
-        known_points(config)
-    with pytest.raises(ValueError, match="unknown key"):
-        known_points(ExperimentConfig(name="t", points=({"lr": 0.1},)))
+    with pytest.raises(ValueError, match="points\\[0\\].min_channel_ratio=0.3 is invalid"):
+        ExperimentConfig(name="t", points=({"min_channel_ratio": 0.3},))
+    with pytest.raises(ValueError, match="unknown key 'lr'; lr is per stage: give lr_0 .. lr_2"):
+        ExperimentConfig(name="t", points=({"lr": 0.1},))
     ok = known_points(ExperimentConfig(name="t", points=({"n_stages": 2},)))
     assert [p["n_stages"] for p in ok] == [1, 2]

@@ -24,10 +24,11 @@ EXPERIMENT = tiny_experiment(
     target_speedup=3.9,
     data={"samples": 600},
     baseline={"pretrain_epochs": 2},
-    space={"min_channel_ratios": [0.0, 0.5]},
-    # A floor of half the channels cannot reach 3.9x on this model: that trial must fail alone.
+    # A floor the target cannot reach is refused before any compute (test_trial_point.py); 0.3
+    # lets this model reach 7.9x.
+    space={"min_channel_ratios": [0.0, 0.3]},
     points=[
-        {"min_channel_ratio": 0.5},
+        {"min_channel_ratio": 0.3},
         # two stages, all epochs in the second: ASHA has no rung to stop it at
         {"n_stages": 2, "total_epochs": 2, "epochs_0": 0.2, "epochs_1": 1.0},
     ],
@@ -67,15 +68,13 @@ def test_parent_and_child_runs(searched) -> None:
     assert all({"node", "device"} <= set(t.data.tags) for t in trials)
 
 
-def test_failed_trial_is_failed_in_mlflow_and_the_rest_complete(searched) -> None:
+def test_every_trial_completes_unless_stopped_early(searched) -> None:
     _, uri, _ = searched
     _, trials = runs(uri)
-    impossible = [t for t in trials if t.data.params["min_channel_ratio"] == "0.5"]
-    possible = [t for t in trials if t.data.params["min_channel_ratio"] == "0.0"]
-    assert impossible and len(possible) >= 2  # the injected failing point and the reference
-    for t in impossible:
-        assert t.info.status == "FAILED" and "unreachable" in t.data.tags["error"]
-    for t in possible:
+    floored = [t for t in trials if t.data.params["min_channel_ratio"] == "0.3"]
+    unfloored = [t for t in trials if t.data.params["min_channel_ratio"] == "0.0"]
+    assert floored and len(unfloored) >= 1  # the injected point and the reference
+    for t in trials:
         if t.data.tags.get("stopped_early") == "true":
             assert t.info.status == "KILLED" and t.data.metrics["completed"] == 0.0
         else:

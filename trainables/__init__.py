@@ -1,1 +1,8 @@
-"""The Ray boundary: trial config -> Schedule -> stages -> tune.report (next issue)."""
+"""The Ray boundary: what runs inside a trial, and the only code that talks to MLflow.
+
+- point.py: TrialPoint, a trial's typed point, and the one table of search dimensions (ranges,
+  reference recipe, checks of user-given points) -> its Schedule; MLflow params of a trial.
+- trial.py: the Ray Tune trainable: Tune's config -> TrialPoint -> Schedule -> per stage prune,
+  fine-tune, evaluate, checkpoint, `tune.report` and MLflow logging.
+- tracking.py: MLflow, fenced in (trial runs, the search's parent run, reading runs back).
+"""

@@ -1,6 +1,6 @@
-"""The Ray Tune trainable: a trial config -> Schedule -> per stage prune, fine-tune, evaluate,
-then `tune.report` with a checkpoint, and MLflow logging. The only module that calls
-ray.tune.report (its API has changed three times; keep it fenced here).
+"""The Ray Tune trainable: Tune's trial config -> TrialPoint -> Schedule -> per stage prune,
+fine-tune, evaluate, then `tune.report` with a checkpoint, and MLflow logging. The only module
+that calls ray.tune.report (its API has changed three times; keep it fenced here).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import tempfile
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from pruning.replay import run_section
 from pruning.runner import RunState, StageResult, run_schedule
 from pruning.schedule import Schedule, Training
 from trainables import tracking
-from trainables.schedule_config import flat_params, schedule_from_config
+from trainables.point import TrialPoint, flat_params
 
 
 @dataclass(frozen=True)
@@ -70,60 +71,17 @@ def _restore() -> tuple[torch.nn.Module, RunState] | None:
 def run_trial(
     config: dict[str, Any], context: TrialContext, baseline: dict[str, torch.Tensor]
 ) -> None:
-    schedule = schedule_from_config(
-        config, context.target_speedup, context.training, context.sparse_reg
-    )
+    """One trial: Tune's config -> its TrialPoint -> the schedule, run stage by stage from the
+    last checkpoint (or from the baseline), each stage logged to MLflow and reported to Tune."""
+    point = TrialPoint.from_config(config)  # Tune's flat dict stops at this boundary
+    schedule = point.schedule(context.target_speedup, context.training, context.sparse_reg)
     device, threads = _device_and_threads()
     torch.set_num_threads(threads)
-    restored = _restore()
-    model, state = restored or (vgg19_from_state_dict(baseline), RunState())
-    trial = tune.get_context()
-    tags = {
-        "node": platform.node(),
-        "node_ip": ray.util.get_node_ip_address(),
-        "ray_node_id": ray.get_runtime_context().get_node_id(),
-        "device": str(device),
-        "threads": str(threads),
-        "schedule": schedule.summary(),
-        "resumed_from_stage": str(state.done),
-        "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
-    }
-    with tracking.trial_run(
-        context.tracking_uri,
-        context.experiment_id,
-        context.parent_run_id,
-        trial.get_trial_id(),
-        trial.get_trial_name(),
-        tags,
-        resumed_from_stage=state.done,
-    ) as run:
-        run.log_params(flat_params(schedule))
+    model, state = _restore() or (vgg19_from_state_dict(baseline), RunState())
+    with _trial_run(context, schedule, device, threads, state) as run:
+        run.log_params(flat_params(schedule, point))
         data = load_dataset(context.data, device)
-
-        def on_stage(result: StageResult, pruned: torch.nn.Module, state: RunState) -> None:
-            metrics = result.metrics() | {"cost": float(result.epochs_used)}
-            run.log_metrics(metrics, step=result.stage)
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = Path(tmp)
-                _save_checkpoint(folder, pruned, state)
-                if result.completed:
-                    # In the checkpoint too: Ray's storage alone is enough to export the trial.
-                    final = _final_bundle(context, schedule, result, threads, folder)
-                    run.log_artifacts(final, "final")
-                    run.completed = True
-                    # Closed before the last report: once Tune has it, the driver may read the
-                    # front, and Tune may stop this worker before the function returns.
-                    _tag_cuda(run)
-                    run.finish("FINISHED")
-                # 1.0 when MLflow has this stage; 0.0 tells the driver the result lives only in
-                # Ray's storage until `prunetune pareto` copies it over.
-                tune.report(
-                    metrics
-                    | {"mlflow_logged": float(run.lost is None), "parent": context.parent_run_id},
-                    checkpoint=tune.Checkpoint.from_directory(folder),
-                )
-
+        on_stage = _StageReporter(context, schedule, run, threads)
         try:
             run_schedule(
                 model,
@@ -137,6 +95,74 @@ def run_trial(
         finally:
             if not run.closed:
                 _tag_cuda(run)
+
+
+def _trial_run(
+    context: TrialContext,
+    schedule: Schedule,
+    device: torch.device,
+    threads: int,
+    state: RunState,
+) -> AbstractContextManager[tracking.TrialRun]:
+    """This trial's MLflow run (a child of the search's), tagged with where it runs."""
+    trial = tune.get_context()
+    tags = {
+        "node": platform.node(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
+        "device": str(device),
+        "threads": str(threads),
+        "schedule": schedule.summary(),
+        "resumed_from_stage": str(state.done),
+        "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+    }
+    return tracking.trial_run(
+        context.tracking_uri,
+        context.experiment_id,
+        context.parent_run_id,
+        trial.get_trial_id(),
+        trial.get_trial_name(),
+        tags,
+        resumed_from_stage=state.done,
+    )
+
+
+@dataclass(frozen=True)
+class _StageReporter:
+    """run_schedule's on_stage: log the stage to MLflow, checkpoint it, report it to Tune."""
+
+    context: TrialContext
+    schedule: Schedule
+    run: tracking.TrialRun
+    threads: int
+
+    def __call__(self, result: StageResult, pruned: torch.nn.Module, state: RunState) -> None:
+        metrics = result.metrics() | {"cost": float(result.epochs_used)}
+        self.run.log_metrics(metrics, step=result.stage)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            _save_checkpoint(folder, pruned, state)
+            if result.completed:
+                self._finish(result, folder)
+            # 1.0 when MLflow has this stage; 0.0 tells the driver the result lives only in
+            # Ray's storage until `prunetune pareto` copies it over.
+            logged = {"mlflow_logged": float(self.run.lost is None)}
+            tune.report(
+                metrics | logged | {"parent": self.context.parent_run_id},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )
+
+    def _finish(self, result: StageResult, folder: Path) -> None:
+        """After the last stage: the exportable bundle, in the checkpoint too (Ray's storage
+        alone is then enough to export the trial) and in MLflow; the run closed."""
+        final = _final_bundle(self.context, self.schedule, result, self.threads, folder)
+        self.run.log_artifacts(final, "final")
+        self.run.completed = True
+        # Closed before the last report: once Tune has it, the driver may read the front, and
+        # Tune may stop this worker before the function returns.
+        _tag_cuda(self.run)
+        self.run.finish("FINISHED")
 
 
 def _tag_cuda(run: tracking.TrialRun) -> None:

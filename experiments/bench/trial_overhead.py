@@ -26,7 +26,7 @@ from search.cli import main as cli
 from search.config import ExperimentConfig, SpaceConfig
 from search.tuner import baseline_weights, run_search
 from trainables import tracking
-from trainables.schedule_config import reference_config, schedule_from_config
+from trainables.point import reference_point
 
 
 def main() -> None:
@@ -45,14 +45,15 @@ def main() -> None:
         train_subset=args.images,
         samples=int(args.images * 1.2),
     )
-    point = reference_config(2, args.epochs) | {"n_stages": 2, "lr_schedule": "cosine"}
+    space = SpaceConfig(max_stages=2, total_epochs=(args.epochs,))
+    point = dataclasses.replace(reference_point(space), n_stages=2, lr_schedule="cosine")
     config = ExperimentConfig(
         name="overhead",
         width=0.25,
         data=data,
         reference_trial=False,
-        points=(point,),
-        space=SpaceConfig(max_stages=2, total_epochs=(args.epochs,)),
+        points=(point.to_config(),),
+        space=space,
         num_trials=1,
         max_concurrent=1,
         device="cpu",
@@ -69,7 +70,7 @@ def main() -> None:
     trial_seconds = outcome.results[0]["metrics"]["time_total_s"]
     trial_acc = outcome.results[0]["metrics"]["val_acc"]
 
-    schedule = schedule_from_config(point, config.target_speedup, Training(), 5e-4)
+    schedule = point.schedule(config.target_speedup, Training(), 5e-4)
     path = schedule_io.save(
         config.out_dir / "schedule.yaml",
         schedule,
