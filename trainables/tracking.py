@@ -13,9 +13,10 @@ import sys
 import time
 import traceback
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,12 @@ def _delays() -> tuple[float, ...]:
     return tuple(float(d) for d in text.split(",") if d.strip()) if text else RETRIES
 
 
+# Errors this process retried, by their first line (sqlite's "database is locked", a refused
+# connection, ...): counted and said, never swallowed. A trial's run gets its count as a tag.
+RETRIED: Counter[str] = Counter()
+RETRIES_TAG = "prunetune.mlflow_retries"
+
+
 def _retry(call: Callable[[], T], what: str) -> T:
     delays = _delays()
     for delay in (*delays, None):
@@ -48,6 +55,13 @@ def _retry(call: Callable[[], T], what: str) -> T:
                 raise RuntimeError(
                     f"MLflow: {what} failed after {len(delays) + 1} attempts: {err}"
                 ) from err
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            RETRIED[first] += 1
+            print(
+                f"prunetune: MLflow {what} failed ({first}); retry in {delay:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -205,6 +219,7 @@ class TrialRun:
     completed: bool = False  # set once the schedule's last stage is logged
     lost: str | None = None
     closed: bool = False  # ended by the trial itself, before its last report
+    retries_before: int = field(default_factory=lambda: RETRIED.total())
 
     def _safe(self, call: Callable[..., None], *args: Any) -> None:
         if self.run_id is None or self.lost:
@@ -235,6 +250,9 @@ class TrialRun:
     def finish(self, status: str) -> None:
         if not self.closed:
             self.closed = True
+            retried = RETRIED.total() - self.retries_before
+            if retried:  # calls of this attempt that failed and were retried
+                self._safe(set_tags, {RETRIES_TAG: str(retried)})
             self._safe(finish_run, status)
 
 
