@@ -9,6 +9,10 @@ there at 64x64), which is why the model counts 512.73M MACs rather than ~400M.
 from __future__ import annotations
 
 import math
+import pickle
+import pickletools
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -20,6 +24,7 @@ from pruning.validate import number_in
 # Channel multipliers a model may be built with: (0, MAX_WIDTH]. 4x VGG19 is already ~8 G MACs.
 MAX_WIDTH = 4.0
 
+ARCHS = ("vgg19",)  # the architectures a schedule file's run.model.arch may name
 VGG19_BLOCKS: tuple[tuple[int, ...], ...] = (
     (64, 64),
     (128, 128),
@@ -140,12 +145,8 @@ def unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
     raise CheckpointMismatchError("the file does not hold a state dict (a mapping name -> tensor)")
 
 
-def vgg19_from_state_dict(state: dict[str, torch.Tensor]) -> VGG:
-    """A VGG19 whose per-layer widths are read from `state`: pruned checkpoints load as they are.
-
-    A pruned VGG is still a plain VGG with narrower convs, so its weights need no pickled model
-    object: the conv weight shapes say every width and the classifier says the class count.
-    """
+def vgg19_widths(state: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], ...]:
+    """Every conv's output channels, per block, read from a VGG19 state dict's weight shapes."""
     blocks = []
     for i, reference in enumerate(VGG19_BLOCKS):
         keys = [f"block{i}.{3 * j}.weight" for j in range(len(reference))]
@@ -156,9 +157,34 @@ def vgg19_from_state_dict(state: dict[str, torch.Tensor]) -> VGG:
                 f"(missing: {missing or 'none, but some are not 4-D conv weights'})"
             )
         blocks.append(tuple(int(state[k].shape[0]) for k in keys))
+    return tuple(blocks)
+
+
+def vgg19_classes(state: dict[str, torch.Tensor]) -> int:
     if "classifier.weight" not in state:
         raise CheckpointMismatchError("not a CIFAR VGG19 state dict: no classifier.weight")
-    model = VGG(tuple(blocks), num_classes=int(state["classifier.weight"].shape[0]))
+    return int(state["classifier.weight"].shape[0])
+
+
+def uniform_width(blocks: tuple[tuple[int, ...], ...], hint: float | None = None) -> float | None:
+    """The multiplier `w` for which vgg19(width=w) has exactly these conv widths, else None
+    (a pruned model). `hint` (e.g. the width a schedule file names) is tried first."""
+    candidates = [hint] if hint is not None else []
+    candidates.append(blocks[0][0] / VGG19_BLOCKS[0][0])
+    for width in candidates:
+        expected = tuple(tuple(_scaled(c, width) for c in block) for block in VGG19_BLOCKS)
+        if expected == blocks:
+            return width
+    return None
+
+
+def vgg19_from_state_dict(state: dict[str, torch.Tensor]) -> VGG:
+    """A VGG19 whose per-layer widths are read from `state`: pruned checkpoints load as they are.
+
+    A pruned VGG is still a plain VGG with narrower convs, so its weights need no pickled model
+    object: the conv weight shapes say every width and the classifier says the class count.
+    """
+    model = VGG(vgg19_widths(state), num_classes=vgg19_classes(state))
     problem = describe_mismatch(model, state)
     if problem:
         raise CheckpointMismatchError(
@@ -168,12 +194,97 @@ def vgg19_from_state_dict(state: dict[str, torch.Tensor]) -> VGG:
     return model
 
 
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that is not a state dict torch.load(weights_only=True) can read."""
+
+
+# Modules whose globals a torch.save file legitimately names (tensor rebuilds, OrderedDict).
+_SAFE_MODULES = ("torch", "collections", "_codecs", "numpy")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from disk, loaded with weights_only=True (never unpickles code)."""
+    """A plain state dict from disk, loaded with weights_only=True (never unpickles code).
+
+    Any file it cannot read (empty, truncated, random bytes, a pickle carrying code) raises
+    UnreadableCheckpointError: one paragraph naming the file and why.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises anything from EOFError to KeyError on junk
+        raise UnreadableCheckpointError(_unreadable(path, err)) from None
+    try:
+        return unwrap_state_dict(obj)
+    except CheckpointMismatchError as err:
+        raise UnreadableCheckpointError(
+            f"checkpoint {path} is not a readable state dict: {err} (it holds a "
+            f"{type(obj).__name__}). {_WRITE_IT}"
+        ) from None
+
+
+_WRITE_IT = "prunetune reads files written by torch.save(model.state_dict(), path)."
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    head = f"checkpoint {path} is not a readable state dict"
+    code = _code_in_pickle(path, err)
+    if code:
+        return (
+            f"{head}: it is a pickle that carries code (it would call {', '.join(code)}). "
+            "prunetune loads checkpoints with torch.load(weights_only=True), which refuses to "
+            "unpickle code, so none of it was run. If you trust where the file comes from, "
+            "load it in Python and save the model's state_dict() instead."
+        )
+    if path.stat().st_size == 0:
+        why = "the file is empty"
+    elif isinstance(err, EOFError) or _damaged_zip(path):
+        why = "the file ends too early (truncated or damaged in transfer)"
+    else:
+        detail = " ".join(str(err).split("\n")[-3:]).split("Check the documentation")[0]
+        detail = " ".join(detail.split())[:160]
+        why = f"it is not a file torch.save wrote (torch.load: {type(err).__name__} {detail})"
+    return f"{head}: {why}. {_WRITE_IT}"
+
+
+def _damaged_zip(path: Path) -> bool:
+    """Starts like torch.save's zip format but does not read as a whole zip."""
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
+def _code_in_pickle(path: Path, err: Exception) -> list[str]:
+    """The functions a pickle names beyond torch's own (e.g. posix.system); [] when none."""
+    named = re.findall(r"GLOBAL (\S+)", str(err))
+    if not named:
+        named = _pickle_globals(_pickle_bytes(path))
+    return [n for n in dict.fromkeys(named) if n.split(".")[0] not in _SAFE_MODULES]
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle stream of a file: the data.pkl of torch's zip format, else the file itself."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return archive.read(names[0]) if names else b""
+    return path.read_bytes()
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """module.name of every GLOBAL / STACK_GLOBAL opcode; reads opcodes, never executes them."""
+    found, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, pickle.UnpicklingError, EOFError, KeyError, IndexError):
+        pass  # not a well-formed pickle: whatever was found so far
+    return found
 
 
 def load_vgg19(path: str | Path) -> VGG:

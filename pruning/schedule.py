@@ -3,10 +3,15 @@
 A schedule file is the export format of a search and the input of `prunetune replay`:
 
     format: prunetune.schedule
-    version: 1
+    version: 2
     schedule: {target_speedup, importance, ranking, min_channels, min_channel_ratio,
                sparse, training, stages: [{speedup, epochs, lr, lr_schedule}, ...]}
-    run: {model: {...}, data: {...}, seed, checkpoint}     # optional: where it was run
+    run: {model: {arch, width, num_classes}, data: {...}, seed, checkpoint,
+          checkpoint_sha256, threads}       # optional: where it ran (pruning.run_info.RunInfo)
+
+Every key of every section is checked; an unknown one is an error with a did-you-mean. Version 1
+files (the same, with an untyped `run` section of absolute or working-directory paths) are
+migrated on read.
 
 Speed-ups are MACs ratios against the unpruned model and are cumulative: a stage's `speedup` is
 what the model reaches at the end of that stage.
@@ -25,11 +30,20 @@ import yaml
 
 from pruning.importance import IMPORTANCES
 from pruning.prune import MIN_CHANNEL_RATIO, MIN_CHANNELS, RANKINGS, speedup_cap
+from pruning.run_info import (
+    RunInfo,
+    located_path,
+    map_paths,
+    portable_path,
+    run_from_dict,
+    run_to_dict,
+)
 from pruning.train import LR_SCHEDULES
-from pruning.validate import build_dataclass, number_in, positive_int, require
+from pruning.validate import build_dataclass, check_keys, number_in, positive_int, require
 
 FORMAT = "prunetune.schedule"
-VERSION = 1
+VERSION = 2  # 2: a typed `run` section (pruning.run_info), portable paths
+READABLE_VERSIONS = (1, 2)  # 1 is migrated on read
 MAX_SPEEDUP = 1000.0
 
 
@@ -215,8 +229,8 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
 
 
 def schedule_from_dict(data: Any) -> Schedule:
-    if not isinstance(data, dict):
-        raise ValueError(f"schedule must be a mapping, got {type(data).__name__}")
+    """Every key checked (with a did-you-mean) before any value is converted."""
+    check_keys(Schedule, data, "schedule")
     data = dict(data)
     stages = data.pop("stages", None)
     if not isinstance(stages, list):
@@ -229,21 +243,40 @@ def schedule_from_dict(data: Any) -> Schedule:
     return build_dataclass(Schedule, data, "schedule")
 
 
-def dump_document(schedule: Schedule, run: dict[str, Any] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Document:
+    """The top level of a schedule file; only its keys are used (for the unknown-key check)."""
+
+    format: str
+    version: int
+    schedule: Any
+    run: Any = None
+
+
+def dump_document(
+    schedule: Schedule, run: RunInfo | None = None, folder: Path | None = None
+) -> dict[str, Any]:
+    """The file's content; with `folder`, run's paths are written as a file there records them
+    (see pruning.run_info), else as they are."""
     doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "schedule": schedule_to_dict(schedule),
     }
-    if run:
-        doc["run"] = run
+    if run is not None:
+        if folder is not None:
+            run = map_paths(run, lambda p: portable_path(p, folder))
+        doc["run"] = run_to_dict(run)
     return doc
 
 
-def save(path: str | Path, schedule: Schedule, run: dict[str, Any] | None = None) -> Path:
-    """Write YAML (or JSON when the suffix is .json)."""
+def save(
+    path: str | Path, schedule: Schedule, run: RunInfo | None = None, *, portable: bool = True
+) -> Path:
+    """Write YAML (or JSON when the suffix is .json). `portable=False` keeps run's paths as
+    they are (a trial's bundle, which `export` rewrites for where it puts it)."""
     path = Path(path)
-    doc = dump_document(schedule, run)
+    doc = dump_document(schedule, run, path.parent if portable else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
         path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -252,30 +285,34 @@ def save(path: str | Path, schedule: Schedule, run: dict[str, Any] | None = None
     return path
 
 
-def parse_document(doc: Any, source: str = "<document>") -> tuple[Schedule, dict[str, Any]]:
+def parse_document(
+    doc: Any, source: str = "<document>", folder: Path | None = None
+) -> tuple[Schedule, RunInfo | None]:
+    """(schedule, run section or None); relative paths in a version-2 run section are taken
+    relative to `folder` (the file's folder)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{source} is not a prunetune schedule: expected 'format: {FORMAT}'")
     version = doc.get("version")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(
-            f"{source} has schedule format version {version!r}; "
-            f"this prunetune reads version {VERSION}"
+            f"{source} has schedule format version {version!r}; this prunetune reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
-    unknown = sorted(set(doc) - {"format", "version", "schedule", "run"})
-    if unknown:
-        raise ValueError(f"{source}: unknown top-level key(s) {unknown}")
     try:
+        check_keys(_Document, doc, "the file's top level")
         schedule = schedule_from_dict(doc.get("schedule"))
+        run = None if doc.get("run") is None else run_from_dict(doc["run"])
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: {err}") from err
-    run = doc.get("run") or {}
-    if not isinstance(run, dict):
-        raise ValueError(f"{source}: 'run' must be a mapping")
+        raise ValueError(f"{source}: {err}") from None
+    # Migrating version 1: its `run` keys are a subset of RunInfo's (no checkpoint_sha256), and
+    # its paths were absolute or relative to the working directory, so they are used as they are.
+    if run is not None and folder is not None and version >= 2:
+        run = map_paths(run, lambda p: located_path(p, folder))
     return schedule, run
 
 
-def load(path: str | Path) -> tuple[Schedule, dict[str, Any]]:
-    """Read a schedule file; returns the schedule and its optional `run` section."""
+def load(path: str | Path) -> tuple[Schedule, RunInfo | None]:
+    """Read a schedule file (version 1 or 2); returns the schedule and its `run` section."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"schedule file {path} does not exist")
@@ -286,4 +323,4 @@ def load(path: str | Path) -> tuple[Schedule, dict[str, Any]]:
         raise ValueError(
             f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}"
         ) from err
-    return parse_document(doc, str(path))
+    return parse_document(doc, str(path), path.parent)

@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
+from pruning.run_info import file_sha256
 from search.callbacks import TrialProgress
 from search.cluster import check_resources, init_ray
 from search.config import ExperimentConfig, config_to_dict
@@ -262,6 +263,7 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         experiment_id=experiment_id,
         parent_run_id=parent,
         baseline_path=baseline_path,
+        baseline_sha256=file_sha256(baseline_path),
     )
     grid = _tuner(config, _trainable(config, context, baseline), resume, context).fit()
     results = [

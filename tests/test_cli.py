@@ -13,8 +13,10 @@ import yaml
 from support.experiment import tiny_experiment
 
 from pruning import schedule as schedule_io
+from pruning.data import DataSpec
 from pruning.models import load_vgg19
 from pruning.prune import count_macs_params
+from pruning.run_info import RunInfo
 from search.cli import main, parse_args
 from trainables import tracking
 
@@ -81,7 +83,8 @@ def test_pretrain_writes_checkpoint_and_metrics(baseline: Path) -> None:
 
 def test_replay_recovers_accuracy_and_writes_everything(capsys, tmp_path, baseline) -> None:
     schedule = schedule_io.log_equal(8.84, 2, 2, lr=0.02)
-    path = schedule_io.save(tmp_path / "two_stage.yaml", schedule, {"data": DATA, "seed": 3})
+    run = RunInfo(data=DataSpec(**DATA), seed=3)
+    path = schedule_io.save(tmp_path / "two_stage.yaml", schedule, run)
     out = tmp_path / "out"
     r = run_json(
         capsys,
@@ -99,14 +102,15 @@ def test_replay_recovers_accuracy_and_writes_everything(capsys, tmp_path, baseli
     assert last["val_acc"] > last["val_acc_after_prune"] + 0.05
     assert r["speedup"] == pytest.approx(8.84, rel=0.01) and r["epochs_used"] == 4
     written, run = schedule_io.load(out / "schedule.yaml")
-    assert written == schedule and run["seed"] == 3 and run["checkpoint"] == str(baseline)
+    assert written == schedule and run.seed == 3 and run.checkpoint == str(baseline)
     pruned = load_vgg19(out / "pruned.pt")
     assert count_macs_params(pruned, torch.zeros(1, 3, 32, 32))[0] == last["macs"]
     assert json.loads((out / "metrics.json").read_text())["val_acc"] == last["val_acc"]
 
 
 def test_replay_on_the_same_seed_reproduces_accuracy(capsys, tmp_path, baseline) -> None:
-    path = schedule_io.save(tmp_path / "s.yaml", schedule_io.one_shot(4.0, 1), {"data": DATA})
+    run = RunInfo(data=DataSpec(**DATA))
+    path = schedule_io.save(tmp_path / "s.yaml", schedule_io.one_shot(4.0, 1), run)
     runs = [
         run_json(
             capsys,

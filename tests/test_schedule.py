@@ -6,6 +6,8 @@ import math
 import pytest
 
 from pruning import schedule as S
+from pruning.data import DataSpec
+from pruning.run_info import ModelInfo, RunInfo
 from pruning.schedule import Schedule, SparseTraining, Stage, Training
 
 
@@ -65,7 +67,7 @@ def test_error_message_says_what_is_allowed() -> None:
 )
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_file_round_trip_is_exact(tmp_path, schedule: Schedule, suffix: str) -> None:
-    run = {"seed": 3, "model": {"arch": "vgg19", "width": 0.25, "num_classes": 10}}
+    run = RunInfo(model=ModelInfo("vgg19", 0.25, 10), data=DataSpec(num_classes=4), seed=3)
     path = S.save(tmp_path / f"s{suffix}", schedule, run)
     loaded, loaded_run = S.load(path)
     assert loaded == schedule

@@ -21,7 +21,7 @@ from ray import tune
 from pruning import schedule as schedule_io
 from pruning.data import DataSpec, load_dataset
 from pruning.models import read_state_dict, vgg19_from_state_dict
-from pruning.replay import run_section
+from pruning.run_info import ModelInfo, RunInfo, model_info
 from pruning.runner import RunState, StageResult, run_schedule
 from pruning.schedule import Schedule, Training
 from trainables import tracking
@@ -42,6 +42,7 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     baseline_path: str | None  # recorded in the exported schedule's run section
+    baseline_sha256: str | None = None  # of the baseline file's bytes, recorded beside it
 
 
 def _device_and_threads() -> tuple[torch.device, int]:
@@ -78,10 +79,11 @@ def run_trial(
     device, threads = _device_and_threads()
     torch.set_num_threads(threads)
     model, state = _restore() or (vgg19_from_state_dict(baseline), RunState())
+    ran = model_info(baseline, context.width)  # the baseline's own widths, for the bundle
     with _trial_run(context, schedule, device, threads, state) as run:
         run.log_params(flat_params(schedule, point))
         data = load_dataset(context.data, device)
-        on_stage = _StageReporter(context, schedule, run, threads)
+        on_stage = _StageReporter(context, schedule, run, threads, ran)
         try:
             run_schedule(
                 model,
@@ -136,6 +138,7 @@ class _StageReporter:
     schedule: Schedule
     run: tracking.TrialRun
     threads: int
+    model: ModelInfo  # what ran, for the final bundle's run section
 
     def __call__(self, result: StageResult, pruned: torch.nn.Module, state: RunState) -> None:
         metrics = result.metrics() | {"cost": float(result.epochs_used)}
@@ -156,7 +159,7 @@ class _StageReporter:
     def _finish(self, result: StageResult, folder: Path) -> None:
         """After the last stage: the exportable bundle, in the checkpoint too (Ray's storage
         alone is then enough to export the trial) and in MLflow; the run closed."""
-        final = _final_bundle(self.context, self.schedule, result, self.threads, folder)
+        final = _final_bundle(self.context, self.schedule, result, self.threads, folder, self.model)
         self.run.log_artifacts(final, "final")
         self.run.completed = True
         # Closed before the last report: once Tune has it, the driver may read the front, and
@@ -176,24 +179,23 @@ def _final_bundle(
     result: StageResult,
     threads: int,
     folder: Path,
+    model: ModelInfo,
 ) -> Path:
     """The exportable bundle in folder/final: schedule file (with how to reproduce it),
-    weights, widths and metrics."""
+    weights, widths and metrics. Its paths stay absolute: `export` rewrites them for the
+    folder it writes the schedule to."""
     out = folder / "final"
     out.mkdir()
-    run = run_section(
-        context.data,
-        context.width,
-        int(vgg_classes(folder)),
-        context.seed,
-        context.baseline_path,
-    ) | {"threads": threads}
-    schedule_io.save(out / "schedule.yaml", schedule, run)
+    run = RunInfo(
+        model=model,
+        data=context.data,
+        seed=context.seed,
+        checkpoint=context.baseline_path,
+        checkpoint_sha256=context.baseline_sha256,
+        threads=threads,
+    )
+    schedule_io.save(out / "schedule.yaml", schedule, run, portable=False)
     (out / "pruned.pt").write_bytes((folder / "pruned.pt").read_bytes())
     (out / "widths.json").write_text(json.dumps(result.widths, indent=2))
     (out / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
     return out
-
-
-def vgg_classes(folder: Path) -> int:
-    return int(read_state_dict(folder / "pruned.pt")["classifier.weight"].shape[0])

@@ -19,7 +19,8 @@ from pruning.pretrain import load_pretrain_config
 from pruning.pretrain import pretrain as run_pretrain
 from pruning.prune import MIN_CHANNEL_RATIO, MIN_CHANNELS, RANKINGS, prune_to_speedup
 from pruning.replay import replay as run_replay
-from pruning.replay import run_section
+from pruning.replay import replay_model
+from pruning.run_info import RunInfo
 from pruning.runner import StageResult
 from pruning.train import evaluate
 from search.cli.options import add_data_args, command, data_spec
@@ -86,6 +87,7 @@ def check_classes(model: torch.nn.Module, num_classes: int, data: str) -> None:
 
 def _model_for_prune(args: argparse.Namespace) -> torch.nn.Module:
     if args.checkpoint is None:
+        torch.manual_seed(0)  # a random-init model: the same weights, so the same pruning, each run
         return vgg19(num_classes=args.num_classes or 100, width=args.width or 1.0)
     if args.width is None and args.num_classes is None:
         return load_vgg19(args.checkpoint)
@@ -221,37 +223,29 @@ an exported trial it reproduces that trial's accuracy.
     p.set_defaults(handler=replay)
 
 
-def _replay_model(
-    args: argparse.Namespace, run: dict[str, Any], num_classes: int
-) -> tuple[torch.nn.Module, str | None]:
-    checkpoint = args.checkpoint or run.get("checkpoint")
-    if checkpoint:
-        path = Path(checkpoint).expanduser().resolve()
-        return load_vgg19(path), str(path)
-    width = args.width or run.get("model", {}).get("width", 1.0)
-    say(
-        f"warning: no checkpoint given; replaying on a random-init VGG19 x{width} "
-        "(accuracies show the mechanics, not a real recovery)"
-    )
-    return vgg19(num_classes=num_classes, width=width), None
-
-
 def replay(args: argparse.Namespace) -> dict[str, Any]:
     schedule, run = schedule_io.load(args.schedule)
     device = resolve_device(args.device)
-    base_spec = DataSpec(**run["data"]) if run.get("data") else DataSpec()
-    spec = data_spec(args, base_spec)
+    spec = data_spec(args, run.data if run and run.data else DataSpec())
     assert spec is not None
-    seed = args.seed if args.seed is not None else int(run.get("seed", 0))
+    seed = args.seed if args.seed is not None else (run.seed if run else 0)
     # A trial's weights depend on the thread count (gradient sums reduce in a different order),
     # so a replay uses the one its trial ran with unless told otherwise.
-    threads = args.threads or run.get("threads")
+    threads = args.threads or (run.threads if run else None)
     if threads:
         torch.set_num_threads(int(threads))
     data = load_dataset(spec, device)
-    model, checkpoint = _replay_model(args, run, data.num_classes)
+    checkpoint = str(args.checkpoint) if args.checkpoint else (run.checkpoint if run else None)
+    start = replay_model(checkpoint, run, num_classes=data.num_classes, width=args.width, seed=seed)
+    for warning in start.warnings:
+        say(warning)
+    if start.checkpoint is None:
+        say(
+            f"warning: no checkpoint given; replaying on a random-init {start.info.describe()} "
+            f"from seed {seed} (accuracies show the mechanics, not a real recovery)"
+        )
+    model = start.model
     check_classes(model, data.num_classes, data.description)
-    width = float(run.get("model", {}).get("width", args.width or 1.0))
     out = (args.out or Path("runs/replay") / args.schedule.stem).expanduser().resolve()
     say(f"data: {data.description}")
     say(f"schedule: {schedule.summary()} -> {out}")
@@ -274,8 +268,14 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
             out=out,
             device=device,
             seed=seed,
-            run=run_section(spec, width, data.num_classes, seed, checkpoint)
-            | {"threads": torch.get_num_threads()},
+            run=RunInfo(
+                model=start.info,
+                data=spec,
+                seed=seed,
+                checkpoint=start.checkpoint,
+                checkpoint_sha256=start.sha256,
+                threads=torch.get_num_threads(),
+            ),
             on_stage=show,
             on_epoch=bar,
         )

@@ -49,7 +49,7 @@ def data_spec(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpe
     spec = base or DataSpec()
     if args.data is not None:
         name, _, root = args.data.partition(":")
-        spec = replace(spec, name=name, root=str(Path(root).expanduser()) if root else None)
+        spec = replace(spec, name=name, root=root or None)  # as given: `~` stays `~`
     changes: dict[str, Any] = {}
     if args.train_subset is not None:
         changes["train_subset"] = args.train_subset
