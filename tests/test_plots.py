@@ -11,6 +11,7 @@ from support.trial_rows import row
 from pruning import schedule as schedule_io
 from pruning.models import vgg19
 from pruning.prune import channel_floor, layer_widths
+from pruning.run_info import ModelInfo, RunInfo
 from pruning.schedule import Schedule, Stage
 from search.report.data import layer_data
 from search.report.plots import (
@@ -82,7 +83,7 @@ def test_widths_plot_with_a_floor_has_nothing_collapsed(tmp_path: Path) -> None:
 
 def test_layer_data_reads_original_widths_and_floors(tmp_path: Path) -> None:
     schedule = Schedule(8.84, (Stage(8.84, 2, 0.01),), min_channels=4, min_channel_ratio=0.2)
-    run = {"model": {"arch": "vgg19", "width": 0.25, "num_classes": 10}}
+    run = RunInfo(model=ModelInfo("vgg19", 0.25, 10))
     schedule_io.save(tmp_path / "schedule.yaml", schedule, run)
     small = layer_widths(vgg19(10, 0.25))
     kept = {n: max(1, c // 3) for n, c in small.items()} | {"classifier": 10}

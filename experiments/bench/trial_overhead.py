@@ -21,6 +21,7 @@ import torch
 
 from pruning import schedule as schedule_io
 from pruning.data import DataSpec
+from pruning.run_info import RunInfo
 from pruning.schedule import Training
 from search.cli import main as cli
 from search.config import ExperimentConfig, SpaceConfig
@@ -74,7 +75,7 @@ def main() -> None:
     path = schedule_io.save(
         config.out_dir / "schedule.yaml",
         schedule,
-        {"data": dataclasses.asdict(data), "seed": 0, "threads": 1},
+        RunInfo(data=data, seed=0, threads=1),
     )
     start = time.perf_counter()
     cli(
