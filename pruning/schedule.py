@@ -254,7 +254,10 @@ class _Document:
 
 
 def dump_document(
-    schedule: Schedule, run: RunInfo | None = None, folder: Path | None = None
+    schedule: Schedule,
+    run: RunInfo | None = None,
+    folder: Path | None = None,
+    project: Path | None = None,
 ) -> dict[str, Any]:
     """The file's content; with `folder`, run's paths are written as a file there records them
     (see pruning.run_info), else as they are."""
@@ -265,18 +268,24 @@ def dump_document(
     }
     if run is not None:
         if folder is not None:
-            run = map_paths(run, lambda p: portable_path(p, folder))
+            run = map_paths(run, lambda p: portable_path(p, folder, project))
         doc["run"] = run_to_dict(run)
     return doc
 
 
 def save(
-    path: str | Path, schedule: Schedule, run: RunInfo | None = None, *, portable: bool = True
+    path: str | Path,
+    schedule: Schedule,
+    run: RunInfo | None = None,
+    *,
+    portable: bool = True,
+    project: Path | None = None,
 ) -> Path:
-    """Write YAML (or JSON when the suffix is .json). `portable=False` keeps run's paths as
+    """Write YAML (or JSON when the suffix is .json). Run's paths inside `project` (default:
+    the working directory) are written relative to the file; `portable=False` keeps them as
     they are (a trial's bundle, which `export` rewrites for where it puts it)."""
     path = Path(path)
-    doc = dump_document(schedule, run, path.parent if portable else None)
+    doc = dump_document(schedule, run, path.parent if portable else None, project)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
         path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -7,6 +7,7 @@ loaded for the first time in this step.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pruning import schedule as schedule_io
 from pruning.data import DataSpec, load_dataset
 from pruning.models import load_vgg19
 from pruning.train import evaluate
@@ -26,6 +28,7 @@ ARMS = {
     "iterative": "2. hand-made iterative (N equal stages in log speed-up, B/N epochs each)",
     "searched": "3. prunetune search (best trial by val acc, replayed on new seeds)",
 }
+ROOT = Path(__file__).resolve().parents[2]  # the repository: commands run from here
 PACKAGES = ("torch", "torchvision", "torch-pruning", "ray", "optuna", "mlflow", "numpy")
 
 
@@ -50,6 +53,14 @@ def test_accuracies(study: Any) -> dict[str, dict[int, float]]:
                 cached.write_text(json.dumps({"test_acc": acc}) + "\n")
             out[arm][seed] = json.loads(cached.read_text())["test_acc"]
     return out
+
+
+def portable_command(command: str) -> str:
+    """A recorded command as run from the repository root: no folder of this machine in it
+    (commands.json of older runs holds absolute paths)."""
+    words = [os.path.relpath(w, ROOT) if w.startswith(f"{ROOT}/") else w for w in command.split()]
+    home = str(Path.home())
+    return " ".join("~" + w[len(home) :] if w.startswith(f"{home}/") else w for w in words)
 
 
 def _mean_std(values: list[float], scale: float = 1.0, fmt: str = ".2f") -> str:
@@ -128,8 +139,13 @@ def keep_models(study: Any, results: Path) -> list[str]:
     for arm in ARMS:
         src, dst = study.out / "arms" / arm / f"seed{seed}", results / "models" / arm
         dst.mkdir(parents=True, exist_ok=True)
-        for name in ("pruned.pt", "schedule.yaml", "metrics.json"):
-            shutil.copyfile(src / name, dst / name)
+        shutil.copyfile(src / "pruned.pt", dst / "pruned.pt")
+        # metrics.json's data description names the data folder: relative to the repository.
+        metrics = (src / "metrics.json").read_text().replace(f"{ROOT}/", "")
+        (dst / "metrics.json").write_text(metrics)
+        # Re-written, not copied: its paths become relative to the committed copy's folder.
+        schedule, run = schedule_io.load(src / "schedule.yaml")
+        schedule_io.save(dst / "schedule.yaml", schedule, run, project=ROOT)
         kept.append(f"`models/{arm}/` ({(dst / 'pruned.pt').stat().st_size / 1e3:.0f} kB)")
     return kept
 
@@ -177,7 +193,7 @@ def _markdown(
     base = json.loads((study.baseline.parent / "metrics.json").read_text())
     notes = Path(__file__).with_name("analysis.md")  # the author's reading of these numbers
     analysis = notes.read_text().strip() if notes.exists() else ""
-    commands = "\n".join(study.commands.values())
+    commands = "\n".join(portable_command(c) for c in study.commands.values())
     figs = "\n\n".join(f"![{name}]({file})" for name, file in figures.items())
     return f"""# CIFAR-10 study: searched schedule vs. Torch-Pruning's recipe at the same budget
 
@@ -213,7 +229,9 @@ Per seed:
 
 ## Models
 The first seed's final model of each arm (plain state dict, `pruning.models.load_vgg19`, with the
-schedule file that reproduces it): {", ".join(models)}.
+schedule file that reproduces it): {", ".join(models)}. Their `run` sections name the data and
+the baseline relative to the file (the `runs/study_cifar10/` folder of a `make study` run), with
+the baseline's sha256: `prunetune replay` says so when the baseline it finds is another one.
 
 ## Exact commands
 ```

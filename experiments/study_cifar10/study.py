@@ -35,9 +35,20 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pruning import schedule as schedule_io  # noqa: E402
+from pruning.data import DataSpec  # noqa: E402
+from pruning.run_info import ModelInfo, RunInfo  # noqa: E402
 from pruning.schedule import Stage, Training  # noqa: E402
 
 ARMS = ("recipe", "iterative", "searched")
+
+
+def portable_arg(arg: str) -> str:
+    """A command-line argument as run from the repository root: its paths relative to it."""
+    return (
+        os.path.relpath(arg, ROOT)
+        if Path(arg).is_absolute() and Path(arg).is_relative_to(ROOT)
+        else arg
+    )
 
 
 def log(message: str) -> None:
@@ -68,7 +79,8 @@ class Study:
 
     # --- running commands -------------------------------------------------------------------
     def sh(self, step: str, args: list[str]) -> None:
-        shown = "prunetune " + " ".join(shlex.quote(a) for a in args)
+        # As run from the repository root (where it runs): no folder of this machine in it.
+        shown = "prunetune " + " ".join(shlex.quote(portable_arg(a)) for a in args)
         with self.lock:
             self.commands[step] = shown
             self.commands_path.write_text(json.dumps(self.commands, indent=2) + "\n")
@@ -152,13 +164,17 @@ class Study:
             "recipe": (Stage(target, b, lr, "step"),),
             "iterative": tuple(Stage(s, b // n, lr, "step") for s in speedups),
         }
-        run = {"model": {"arch": "vgg19", "width": self.c["width"]}, "data": self.data_section()}
+        run = RunInfo(
+            model=ModelInfo("vgg19", self.c["width"]),
+            data=DataSpec(**self.data_section()),
+            seed=0,
+        )
         paths = {}
         for arm, st in stages.items():
             sched = schedule_io.Schedule(
                 target, st, min_channels=1, min_channel_ratio=0.0, training=Training()
             )
-            paths[arm] = schedule_io.save(self.out / f"{arm}.yaml", sched, run | {"seed": 0})
+            paths[arm] = schedule_io.save(self.out / f"{arm}.yaml", sched, run, project=ROOT)
         return paths
 
     def search_config(self) -> Path:
