@@ -409,6 +409,21 @@ def prune_to_speedup(
     )
     _prune_until_landed(model, example_inputs, before.macs, request)
     after = _size(model, example_inputs)
+    seconds = time.perf_counter() - start
+    return _report(before, after, base_macs, speedup, original_widths, seconds)
+
+
+def _report(
+    before: _Size,
+    after: _Size,
+    base_macs: int,
+    speedup: float,
+    original_widths: dict[str, int],
+    seconds: float,
+) -> PruneReport:
+    # The narrowest layer: the one that kept the lowest fraction of its original channels.
+    widths = after.widths
+    narrowest = min(widths, key=lambda n: widths[n] / original_widths.get(n, widths[n]))
     return PruneReport(
         base_macs=base_macs,
         macs_before=before.macs,
@@ -418,16 +433,11 @@ def prune_to_speedup(
         target_speedup=speedup,
         speedup=base_macs / after.macs,
         widths_before=before.widths,
-        widths_after=after.widths,
+        widths_after=widths,
         original_widths=original_widths,
-        narrowest=_narrowest(after.widths, original_widths),
-        seconds=time.perf_counter() - start,
+        narrowest=narrowest,
+        seconds=seconds,
     )
-
-
-def _narrowest(widths: dict[str, int], original_widths: dict[str, int]) -> str:
-    """The layer that kept the lowest fraction of its original channels."""
-    return min(widths, key=lambda n: widths[n] / original_widths.get(n, widths[n]))
 
 
 def floor_speedup(
