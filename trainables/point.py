@@ -34,6 +34,8 @@ Kind = Literal["int", "choice", "uniform", "loguniform"]
 
 @dataclass(frozen=True)
 class Dimension:
+    """One row of the table: one axis of the search space (per stage: one axis a stage)."""
+
     kind: Kind
     value_type: type  # int, float or str
     source: str | tuple[str, str] | tuple[float, float]
