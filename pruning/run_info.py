@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pruning.data import DataSpec
-from pruning.models import ARCHS, uniform_width, vgg19_classes, vgg19_widths
-from pruning.validate import build_dataclass, check_keys, choice, number_in, positive_int, require
+from pruning.models import ARCHS, check_width, uniform_width, vgg19_classes, vgg19_widths
+from pruning.validate import build_dataclass, check_keys, choice, positive_int, require
 
 _SHA256_HEX = 64
 
@@ -42,7 +42,7 @@ class ModelInfo:
     def __post_init__(self) -> None:
         choice("run.model.arch", self.arch, ARCHS)
         if self.width is not None:
-            number_in("run.model.width", self.width, 0.0, float("inf"))
+            check_width(self.width, "run.model.width")
         if self.num_classes is not None:
             positive_int("run.model.num_classes", self.num_classes, minimum=1)
 
