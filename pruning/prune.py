@@ -128,9 +128,9 @@ class _MacsModel:
         roots: list[nn.Module],
         measured_macs: int,
     ) -> None:
+        self.full = [r.out_channels if isinstance(r, nn.Conv2d) else r.out_features for r in roots]
         self._group_layers(dg, roots)
         self._trace(model, example_inputs)
-        self.full = [r.out_channels if isinstance(r, nn.Conv2d) else r.out_features for r in roots]
         self.residual = measured_macs - self._analytic(self.full)
         if abs(self.residual) <= TOLERANCE / 2 * measured_macs:
             # A rest this small cannot move a landing by half the tolerance when scaled by the
@@ -142,7 +142,8 @@ class _MacsModel:
     def _group_layers(self, dg: tp.DependencyGraph, roots: list[nn.Module]) -> None:
         """Which group's channel count sets each layer's input and output channels."""
         root_index = {m: i for i, m in enumerate(roots)}
-        self.in_group: dict[nn.Module, int] = {}
+        # A layer reading a concatenation takes its inputs from several groups.
+        self.in_groups: dict[nn.Module, list[int]] = {}
         self.out_group: dict[nn.Module, int] = {}
         for root in roots:
             fn = dg.get_pruner_of_module(root).prune_out_channels
@@ -151,7 +152,9 @@ class _MacsModel:
                 if dg.is_out_channel_pruning_fn(dep.handler):
                     self.out_group[target] = root_index[root]
                 elif dg.is_in_channel_pruning_fn(dep.handler):
-                    self.in_group[target] = root_index[root]
+                    groups = self.in_groups.setdefault(target, [])
+                    if root_index[root] not in groups:
+                        groups.append(root_index[root])
 
     def _trace(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
         """One forward: each layer's output positions per channel (H*W, or tokens), and each
@@ -185,8 +188,15 @@ class _MacsModel:
         self.modules = list(positions.items())
 
     def _channels(self, module: nn.Module, keep: Sequence[int], current: int, side: str) -> int:
-        group = (self.in_group if side == "in" else self.out_group).get(module)
-        return current if group is None else keep[group]
+        if side == "out":
+            group = self.out_group.get(module)
+            return current if group is None else keep[group]
+        groups = self.in_groups.get(module, [])
+        full = sum(self.full[g] for g in groups)
+        kept = sum(keep[g] for g in groups)
+        if isinstance(module, nn.Linear) and groups and current % full == 0 and current > full:
+            return current // full * kept  # a linear layer reading flattened (C, H, W) maps
+        return current - full + kept  # channels from other places (ungrouped) stay
 
     def _analytic(self, keep: Sequence[int]) -> float:
         total = 0.0
