@@ -1,6 +1,7 @@
 """Train the unpruned baseline: `prunetune pretrain CONFIG.yaml`.
 
-The defaults train VGG19 with lr 0.1 for 200 epochs on the "step" schedule of pruning.train,
+The model is the registry's (`model: {arch, width, num_classes, kwargs}`, pruning.models). The
+defaults train VGG19 with lr 0.1 for 200 epochs on the "step" schedule of pruning.train,
 which decays the LR x0.1 at 60% and 80% of the run (train.STEP_MILESTONES): at epochs 120 and
 160 of 200. A config shortens the run for CPUs; the decays stay at the same fractions of it.
 The best epoch is chosen on validation, never on test.
@@ -21,16 +22,18 @@ import yaml
 
 from pruning.data import BatchLoader, DataSpec, load_dataset
 from pruning.devices import resolve_device
-from pruning.models import check_width, vgg19
+from pruning.models import build_model
+from pruning.run_info import ModelInfo, with_model_section
 from pruning.schedule import Training
 from pruning.train import LR_SCHEDULES, evaluate, fit
-from pruning.validate import build_dataclass, number_in, positive_int
+from pruning.validate import build_dataclass, number_in, positive_int, require
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     data: DataSpec = field(default_factory=DataSpec)
-    width: float = 1.0
+    # The registry's model (a top-level `width`, the form before the registry, is model.width).
+    model: ModelInfo = field(default_factory=ModelInfo)
     epochs: int = 200
     lr: float = 0.1
     lr_schedule: str = "step"
@@ -40,7 +43,12 @@ class PretrainConfig:
     out: str = "runs/pretrain"
 
     def __post_init__(self) -> None:
-        check_width(self.width)
+        require(
+            isinstance(self.model, ModelInfo) and self.model.width is not None,
+            "model.width",
+            getattr(self.model, "width", self.model),
+            "a number: the channel multiplier of the model to train",
+        )
         positive_int("epochs", self.epochs, minimum=1)
         number_in("lr", self.lr, 0.0, 10.0)
         LR_SCHEDULES.check("lr_schedule", self.lr_schedule)
@@ -77,7 +85,7 @@ def load_pretrain_config(path: str | Path, overrides: list[str] = ()) -> Pretrai
     if not isinstance(raw, dict):
         raise ValueError(f"{path} must hold a mapping of settings")
     try:
-        raw = dict(raw)
+        raw = with_model_section(raw)
         raw["data"] = build_dataclass(DataSpec, raw.get("data", {}), "data")
         raw["training"] = build_dataclass(Training, raw.get("training", {}), "training")
         return build_dataclass(PretrainConfig, raw, "pretrain config")
@@ -92,7 +100,8 @@ def pretrain(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = load_dataset(config.data, device)
-    model = vgg19(num_classes=data.num_classes, width=config.width)
+    h = data.train.images.shape[2]  # (N, 3, H, W): the model sees the data's size
+    model = build_model(config.model.spec(data.num_classes, h))
     loader = BatchLoader(
         data.train,
         config.training.batch_size,
@@ -134,14 +143,15 @@ def pretrain(
         "val_acc": best["val_acc"],
         "best_epoch": best["epoch"],
         "epochs": config.epochs,
-        "width": config.width,
+        "model": config.model.to_dict() | {"num_classes": data.num_classes},
+        "width": config.model.width,
         "num_classes": data.num_classes,
         "data": data.description,
         "train_seconds": fitted.seconds,
         "wall_seconds": time.perf_counter() - start,
         "images_per_second": fitted.images_per_second,
         "history": fitted.history,
-        "config": asdict(config),
+        "config": asdict(config) | {"model": config.model.to_dict()},
         "checkpoint": str(out / "baseline.pt"),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
