@@ -7,10 +7,13 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pruning.compute import COSTS, DEFAULT_COST, CostObjective
+
 
 class TrialProgress(Callback):
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, cost: CostObjective = COSTS[DEFAULT_COST]) -> None:
         self.total = total
+        self.cost = cost  # the objective a trial reports as "cost", for its unit
         self.finished = self.failed = 0
         self.best: tuple[float, float] | None = None  # (val_acc, cost) of completed trials
         self.unlogged: set[str] = set()  # trials whose MLflow logging failed
@@ -18,7 +21,7 @@ class TrialProgress(Callback):
     def _say(self, text: str, trials: list[Any], ended: Any = None) -> None:
         running = sum(t.status == "RUNNING" and t is not ended for t in trials)
         best = (
-            f"best so far {self.best[0]:.2%} at {self.best[1]:g} epochs"
+            f"best so far {self.best[0]:.2%} at {self.cost.format(self.best[1])}"
             if self.best
             else "no completed trial yet"
         )

@@ -16,13 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pruning.compute import COSTS, DEFAULT_COST, CostObjective
+
 if TYPE_CHECKING:
     from search.trials import TrialRow
 
 DIRECTION_NAMES = ("maximize", "minimize")  # what a column of `directions` may say
-TRIAL_DIRECTIONS = ("maximize", "minimize")  # a trial's (val_acc, cost)
+TRIAL_DIRECTIONS = ("maximize", "minimize")  # a trial's (val_acc, cost in the search's unit)
 PICK_KINDS = ("max-acc", "knee", "max-acc-under-cost")
-PICK_FORMS = "'max-acc', 'knee' or 'max-acc-under-cost=X' (X a finite number, e.g. 12.5)"
+PICK_FORMS = (
+    "'max-acc', 'knee' or 'max-acc-under-cost=X' (X a finite number in the search's cost unit, "
+    "TMACs or epochs, e.g. 12.5)"
+)
 # Normalised knee distances closer than this are ties: on a straight front every point sits on
 # the chord up to rounding, and rounding noise must not decide the pick.
 _KNEE_TIE = 1e-9
@@ -234,12 +239,18 @@ def pick(rows: Sequence[TrialRow], how: Pick) -> TrialRow:
     return usable[choose(acc, cost, how)]
 
 
-def format_front(rows: Sequence[TrialRow], on_front: Sequence[TrialRow]) -> str:
+def format_front(
+    rows: Sequence[TrialRow],
+    on_front: Sequence[TrialRow],
+    cost: CostObjective = COSTS[DEFAULT_COST],
+) -> str:
+    """The front as a table, by `cost` (the search's objective, named in the first line); both
+    epochs and compute are shown whichever it is."""
     usable = sum(r.usable for r in rows)
     lines = [
-        f"{len(on_front)} of {usable} completed trials on the front "
-        f"({len(rows) - usable} not completed or failed, never on it)",
-        f"{'trial':<14} {'val acc':>8} {'epochs':>7} {'speed-up':>9} {'MACs':>8} "
+        f"{len(on_front)} of {usable} completed trials on the front of accuracy against "
+        f"{cost.axis()} ({len(rows) - usable} not completed or failed, never on it)",
+        f"{'trial':<14} {'val acc':>8} {'TMACs':>8} {'epochs':>7} {'speed-up':>9} {'MACs':>8} "
         f"{'train s':>8}  schedule",
     ]
     lines += [_line(r) for r in on_front]
@@ -260,7 +271,8 @@ def _line(r: TrialRow) -> str:
         error = r.error.strip().splitlines()[-1] if r.error.strip() else "no error recorded"
         return f"{r.trial_id:<14} FAILED: {error}"
     return (
-        f"{r.trial_id:<14} {r.val_acc:>8.2%} {r.cost:>7g} {r.speedup:>8.2f}x "
+        f"{r.trial_id:<14} {r.val_acc:>8.2%} {r.train_tmacs:>8.4g} {r.epochs_used:>7g} "
+        f"{r.speedup:>8.2f}x "
         f"{r.macs / 1e6:>7.2f}M {r.train_seconds:>8.0f}  {r.schedule}"
     )
 

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pruning.compute import COSTS, CostObjective
 from search.config import ExperimentConfig
 from search.progress import say
 from search.ray_storage import (
@@ -27,7 +28,7 @@ class TrialRow:
     status: str  # MLflow run status
     completed: bool  # reached the last stage of its schedule
     val_acc: float
-    cost: float  # fine-tune (+ sparse) epochs
+    cost: float  # the search's cost objective (epochs_used or train_tmacs, see CostObjective)
     speedup: float
     macs: float
     params: float
@@ -36,6 +37,8 @@ class TrialRow:
     reference: bool  # Torch-Pruning's one-shot recipe, run as the search's first trial
     checkpoint: str = ""  # rows read from Ray's storage (run_id ""): the trial's checkpoint
     error: str = ""  # a failed attempt's error (MLflow tag `error`)
+    epochs_used: float = float("nan")  # fine-tune (+ sparse) epochs
+    train_tmacs: float = float("nan")  # fine-tune (+ sparse, recalibration) compute, 10^12 MACs
 
     @property
     def usable(self) -> bool:
@@ -43,7 +46,18 @@ class TrialRow:
         return self.completed and self.status == "FINISHED"
 
 
-def rows_from_runs(runs: list[Any]) -> list[TrialRow]:
+# A search from before the cost objective existed ranked by epochs and logged no compute.
+_OLD_SEARCHES_COST = "epochs"
+
+
+def search_cost(uri: str, parent_id: str) -> CostObjective:
+    """The cost objective a search ranked its trials by (its parent run's `cost` param)."""
+    run = tracking.client(uri).get_run(parent_id)
+    return COSTS[run.data.params.get("cost", _OLD_SEARCHES_COST)]
+
+
+def rows_from_runs(runs: list[Any], cost: CostObjective) -> list[TrialRow]:
+    """Rows whose `cost` is `cost`'s metric (NaN, never on a front, where a run lacks it)."""
     rows = []
     for run in runs:
         m, tags = run.data.metrics, run.data.tags
@@ -54,7 +68,7 @@ def rows_from_runs(runs: list[Any]) -> list[TrialRow]:
                 status=run.info.status,
                 completed=m.get("completed", 0.0) == 1.0,
                 val_acc=m.get("val_acc", float("nan")),
-                cost=m.get("cost", float("nan")),
+                cost=m.get(cost.metric, float("nan")),
                 speedup=m.get("speedup", float("nan")),
                 macs=m.get("macs", float("nan")),
                 params=m.get("params", float("nan")),
@@ -62,15 +76,21 @@ def rows_from_runs(runs: list[Any]) -> list[TrialRow]:
                 schedule=tags.get("schedule", ""),
                 reference=tags.get("reference") == "true",
                 error=tags.get("error", ""),
+                epochs_used=m.get("epochs_used", float("nan")),
+                train_tmacs=m.get("train_tmacs", float("nan")),
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-def load_rows(uri: str, experiment: str, parent_id: str | None = None) -> list[TrialRow]:
-    """The trials of the latest search of `experiment` in MLflow (or of `parent_id`'s)."""
+def load_rows(
+    uri: str, experiment: str, parent_id: str | None = None, cost: CostObjective | None = None
+) -> list[TrialRow]:
+    """The trials of the latest search of `experiment` in MLflow (or of `parent_id`'s), costed
+    by `cost` (default: the objective that search chose)."""
     parent_id = parent_id or tracking.latest_parent(uri, experiment)
-    return rows_from_runs(tracking.trial_runs(uri, experiment, parent_id))
+    cost = cost or search_cost(uri, parent_id)
+    return rows_from_runs(tracking.trial_runs(uri, experiment, parent_id), cost)
 
 
 def tag_front(uri: str, rows: list[TrialRow], on_front: list[TrialRow]) -> None:
@@ -80,6 +100,7 @@ def tag_front(uri: str, rows: list[TrialRow], on_front: list[TrialRow]) -> None:
 
 
 def rows_from_ray(config: ExperimentConfig, trials: list[RayTrial]) -> list[TrialRow]:
+    metric = config.cost_objective.metric
     rows = []
     for t in trials:
         m = t.stages[-1]
@@ -90,7 +111,7 @@ def rows_from_ray(config: ExperimentConfig, trials: list[RayTrial]) -> list[Tria
                 status="FINISHED" if t.completed else "UNFINISHED",
                 completed=t.completed,
                 val_acc=m["val_acc"],
-                cost=m["cost"],
+                cost=m.get(metric, float("nan")),
                 speedup=m["speedup"],
                 macs=m["macs"],
                 params=m["params"],
@@ -98,6 +119,8 @@ def rows_from_ray(config: ExperimentConfig, trials: list[RayTrial]) -> list[Tria
                 schedule=schedule_summary(config, t),
                 reference=config.reference_trial and is_reference(config, t),
                 checkpoint=str(t.checkpoint or ""),
+                epochs_used=m.get("epochs_used", float("nan")),
+                train_tmacs=m.get("train_tmacs", float("nan")),
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)
@@ -119,10 +142,11 @@ def rows_with_ray_fallback(config: ExperimentConfig) -> tuple[list[TrialRow], bo
             raise
         say(f"{err}. Reading the {len(trials)} trials from Ray's storage in {experiment_dir}")
         return rows_from_ray(config, trials), False
-    rows = load_rows(uri, config.experiment_name, parent)
+    cost = config.cost_objective
+    rows = load_rows(uri, config.experiment_name, parent, cost)
     in_mlflow = {r.trial_id for r in rows if r.usable}
     missing = [t for t in trials if t.completed and t.trial_id not in in_mlflow]
     for t in missing:
         run_id = copy_to_mlflow(config, search["experiment_id"], parent, t)
         say(f"trial {t.trial_id}: copied from Ray's storage into MLflow (run {run_id})")
-    return (load_rows(uri, config.experiment_name, parent) if missing else rows), True
+    return (load_rows(uri, config.experiment_name, parent, cost) if missing else rows), True

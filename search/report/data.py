@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from pruning import schedule as schedule_io
-from pruning.models import vgg19
-from pruning.prune import channel_floor, layer_widths
+from pruning.compute import COSTS, DEFAULT_COST, CostObjective
+from pruning.models import build_model, example_input
+from pruning.prune import channel_floor, channel_groups, layer_widths
 from pruning.run_info import ModelInfo
 from search.pareto import Pick, front, pick
 from search.report.plots import (
+    RECAL_KEYS,
     STAGE_KEYS,
     StagePoint,
     plot_front,
@@ -25,7 +25,7 @@ from search.report.plots import (
     plot_widths,
     stage_points,
 )
-from search.trials import TrialRow, load_rows
+from search.trials import TrialRow, load_rows, search_cost
 from trainables import tracking
 
 # name -> file; also the order the report shows them in
@@ -36,13 +36,17 @@ FILES = {
     "accuracy_front": "accuracy_front.png",
 }
 CAPTIONS = {
-    "pareto": "Validation accuracy against fine-tune cost for every completed trial; the front "
+    "pareto": "Validation accuracy against the search's cost objective for every completed "
+    "trial; the front "
     "as a staircase (the best accuracy reachable within a budget), the reference recipe as a "
     "star and the chosen trial circled.",
-    "widths": "Channels the chosen trial keeps per layer (log scale) against the original width, "
-    "with the per-layer floor dashed; collapsed layers are red.",
-    "accuracy": "Accuracy of the chosen trial through its schedule: each prune drops it, each "
-    "fine-tune recovers it.",
+    "widths": "Channels the chosen trial keeps per layer (by the model's own layer names, log "
+    "scale) against the original width, with the per-layer floor dashed; collapsed layers are "
+    "red; layers Torch-Pruning prunes together (a residual stage, a depthwise pair) share a "
+    "coloured bracket.",
+    "accuracy": "Accuracy of the chosen trial through its schedule: each prune drops it (down "
+    "triangle: raw; diamond: after BatchNorm recalibration, the honest accuracy of the pruned "
+    "weights), each fine-tune recovers it.",
     "accuracy_front": "The same for every trial on the Pareto front.",
 }
 
@@ -69,36 +73,60 @@ class ReportData:
     schedule_yaml: str  # the pick's schedule file ("" without a pick)
     base_acc: float | None = None
     figures: list[Figure] = field(default_factory=list)
+    cost: CostObjective = COSTS[DEFAULT_COST]  # what the front is built on
 
 
 def curve(uri: str, row: TrialRow) -> list[StagePoint]:
-    return stage_points(tracking.metric_history(uri, row.run_id, list(STAGE_KEYS)))
+    keys = list(STAGE_KEYS + RECAL_KEYS)
+    return stage_points(tracking.metric_history(uri, row.run_id, keys))
 
 
-def layer_data(
-    schedule_file: Path, widths_file: Path
-) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """(kept, original, floor) channels per pruned layer of a trial's final model."""
+@dataclass(frozen=True)
+class LayerData:
+    """Per pruned layer of a trial's final model (by the model's own module names, in module
+    order): channels kept, the unpruned model's, and the floor; and the channel groups (layers
+    Torch-Pruning cuts together) with more than one layer."""
+
+    model: str  # e.g. "RESNET56 x0.5, 10 classes"
+    kept: dict[str, int]
+    original: dict[str, int]
+    floors: dict[str, int]
+    groups: tuple[tuple[str, ...], ...]
+
+
+def layer_data(schedule_file: Path, widths_file: Path) -> LayerData:
+    """The widths plot's data for a trial, from its schedule file (which model, which floor) and
+    widths.json (what it kept); the unpruned model is rebuilt from the registry."""
     schedule, run = schedule_io.load(schedule_file)
     info = run.model if run and run.model else ModelInfo()
     kept = json.loads(widths_file.read_text())
-    # the unpruned layout only; "meta" tensors hold no memory, so full width costs nothing
-    with torch.device("meta"):
-        model = vgg19(info.num_classes or 100, info.width or 1.0)
+    size = run.data.image_size if run and run.data else None
+    # The classifier's outputs (the last layer) are the classes, and are never pruned.
+    spec = info.spec(info.num_classes or int(list(kept.values())[-1]), size)
+    model = build_model(spec)
     original = layer_widths(model)
-    output = list(original)[-1]  # the classifier's outputs are the classes: never pruned
-    names = [n for n in kept if n != output and n in original]
+    output = list(original)[-1]
+    names = [n for n in original if n != output and n in kept]
     floors = {
         n: channel_floor(original[n], schedule.min_channels, schedule.min_channel_ratio)
         for n in names
     }
-    return {n: kept[n] for n in names}, {n: original[n] for n in names}, floors
+    coupled = [g for g in channel_groups(model, example_input(spec)) if len(g) > 1]
+    return LayerData(
+        info.describe(),
+        {n: kept[n] for n in names},
+        {n: original[n] for n in names},
+        floors,
+        tuple(tuple(n for n in g if n in floors) for g in coupled),
+    )
 
 
-def label(row: TrialRow, chosen: TrialRow | None = None) -> str:
+def label(
+    row: TrialRow, chosen: TrialRow | None = None, cost: CostObjective = COSTS[DEFAULT_COST]
+) -> str:
     extra = " (reference)" if row.reference else ""
     extra += " (pick)" if chosen is not None and row.run_id == chosen.run_id else ""
-    return f"{row.trial_id}: {row.val_acc:.1%} at {row.cost:g} ep{extra}"
+    return f"{row.trial_id}: {row.val_acc:.1%} at {cost.format(row.cost)}{extra}"
 
 
 def render_plots(
@@ -109,42 +137,47 @@ def render_plots(
     chosen: TrialRow | None = None,
     pick_label: str = "exported pick",
     base_acc: float | None = None,
+    cost: CostObjective = COSTS[DEFAULT_COST],
 ) -> dict[str, Path]:
     """Every plot of FILES into `folder`; the widths and single-trial plots need a chosen trial."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"pareto": plot_front(rows, on_front, folder / FILES["pareto"], chosen, pick_label)}
+    paths = {
+        "pareto": plot_front(rows, on_front, folder / FILES["pareto"], chosen, pick_label, cost)
+    }
     if on_front:
         paths["accuracy_front"] = plot_schedule_accuracy(
-            {label(r, chosen): curve(uri, r) for r in on_front},
+            {label(r, chosen, cost): curve(uri, r) for r in on_front},
             folder / FILES["accuracy_front"],
             f"Accuracy through the schedule of the Pareto front ({len(on_front)} trials)",
             base_acc,
         )
     if chosen is not None:
-        paths |= _chosen_plots(uri, chosen, folder, base_acc)
+        paths |= _chosen_plots(uri, chosen, folder, base_acc, cost)
     return {k: paths[k] for k in FILES if k in paths}
 
 
 def _chosen_plots(
-    uri: str, chosen: TrialRow, folder: Path, base_acc: float | None
+    uri: str, chosen: TrialRow, folder: Path, base_acc: float | None, cost: CostObjective
 ) -> dict[str, Path]:
     with tempfile.TemporaryDirectory() as tmp:
         schedule_file = tracking.download(uri, chosen.run_id, "final/schedule.yaml", Path(tmp))
         widths_file = tracking.download(uri, chosen.run_id, "final/widths.json", Path(tmp))
-        kept, original, floors = layer_data(schedule_file, widths_file)
+        layers = layer_data(schedule_file, widths_file)
         schedule, _ = schedule_io.load(schedule_file)
     floor = f"max({schedule.min_channels}, ceil({schedule.min_channel_ratio:g} \u00d7 original))"
     plot_widths(
-        kept,
-        original,
-        floors,
+        layers.kept,
+        layers.original,
+        layers.floors,
         folder / FILES["widths"],
-        f"Channels kept per layer, trial {chosen.trial_id} at {chosen.speedup:.2f}x MACs speed-up\n"
+        f"{layers.model}: channels kept per layer, trial {chosen.trial_id} at "
+        f"{chosen.speedup:.2f}x MACs speed-up\n"
         f"{schedule.importance} importance, {schedule.ranking} ranking, floor {floor}",
+        groups=layers.groups,
     )
     summary = "\n".join(textwrap.wrap(chosen.schedule, 90))
     accuracy = plot_schedule_accuracy(
-        {label(chosen): curve(uri, chosen)},
+        {label(chosen, cost=cost): curve(uri, chosen)},
         folder / FILES["accuracy"],
         f"Accuracy through the schedule of trial {chosen.trial_id}\n{summary}",
         base_acc,
@@ -168,15 +201,17 @@ def read_report_data(
     how_text: str,
     plots_dir: Path,
     parent_id: str | None = None,
+    cost: CostObjective | None = None,
 ) -> ReportData:
-    """Everything the report shows, for the latest search (or `parent_id`'s); the plots are
-    written to `plots_dir` as well."""
+    """Everything the report shows, for the latest search (or `parent_id`'s), costed by `cost`
+    (default: the objective that search chose); the plots are written to `plots_dir` as well."""
     parent_id = parent_id or tracking.latest_parent(uri, experiment)
-    rows = load_rows(uri, experiment, parent_id)
+    cost = cost or search_cost(uri, parent_id)
+    rows = load_rows(uri, experiment, parent_id, cost)
     on_front = front(rows)
     chosen = pick(rows, how) if any(r.usable for r in rows) else None
     base_acc = tracking.run_metrics(uri, parent_id).get("base_val_acc")
-    paths = render_plots(uri, rows, on_front, plots_dir, chosen, how_text, base_acc)
+    paths = render_plots(uri, rows, on_front, plots_dir, chosen, how_text, base_acc, cost)
     return ReportData(
         experiment=experiment,
         tracking_uri=uri,
@@ -192,6 +227,7 @@ def read_report_data(
         schedule_yaml=_text(uri, chosen.run_id, "final/schedule.yaml") if chosen else "",
         base_acc=base_acc,
         figures=[Figure(CAPTIONS[k], p.read_bytes()) for k, p in paths.items()],
+        cost=cost,
     )
 
 

@@ -68,7 +68,7 @@ def _summary(data: ReportData) -> str:
     items = [
         f"{len(data.rows)} trials, {len(usable)} completed their schedule, "
         f"{len(data.front_ids)} on the Pareto front of validation accuracy (max) against "
-        "fine-tune epochs (min)",
+        f"{data.cost.axis()} (min)",
     ]
     if data.base_acc is not None:
         items.append(f"baseline (unpruned) validation accuracy {data.base_acc:.2%}")
@@ -76,7 +76,8 @@ def _summary(data: ReportData) -> str:
         p = data.pick
         items.append(
             f"chosen by {data.pick_how}: trial {p.trial_id}, {p.val_acc:.2%} at "
-            f"{p.speedup:.2f}x MACs speed-up for {p.cost:g} fine-tune epochs"
+            f"{p.speedup:.2f}x MACs speed-up for {data.cost.format(p.cost)} "
+            f"({p.train_tmacs:.4g} TMACs of fine-tune compute, {p.epochs_used:g} epochs)"
         )
     else:
         items.append("no trial completed its schedule: nothing to choose")
@@ -87,7 +88,8 @@ def _summary(data: ReportData) -> str:
 COLUMNS = (
     ("trial", "text"),
     ("val acc", ""),
-    ("cost (epochs)", ""),
+    ("compute (TMACs)", ""),
+    ("epochs", ""),
     ("speed-up", ""),
     ("MACs", ""),
     ("params", ""),
@@ -133,7 +135,8 @@ def _row(data: ReportData, r: TrialRow) -> str:
     cells = [
         f'<td class="text">{esc(r.trial_id)}{badges}</td>',
         f"<td>{esc(_num(r.val_acc, '{:.2%}'))}</td>",
-        f"<td>{esc(_num(r.cost, '{:g}'))}</td>",
+        f"<td>{esc(_num(r.train_tmacs, '{:.4g}'))}</td>",
+        f"<td>{esc(_num(r.epochs_used, '{:g}'))}</td>",
         f"<td>{esc(_num(r.speedup, '{:.2f}x'))}</td>",
         f"<td>{esc(_num(r.macs / 1e6, '{:.2f}M'))}</td>",
         f"<td>{esc(_num(r.params / 1e6, '{:.3f}M'))}</td>",

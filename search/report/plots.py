@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pruning.compute import COSTS, DEFAULT_COST, CostObjective
+
 if TYPE_CHECKING:
     from search.trials import TrialRow
 
@@ -52,9 +54,11 @@ def plot_front(
     path: Path,
     pick: TrialRow | None = None,
     pick_label: str = "exported pick",
+    cost: CostObjective = COSTS[DEFAULT_COST],
 ) -> Path:
-    """Accuracy against cost for every completed trial; the front as a staircase (at any budget
-    the best reachable accuracy is the last front point at or below it)."""
+    """Accuracy against cost (the search's objective, `cost`, named with its unit on the x axis)
+    for every completed trial; the front as a staircase (at any budget the best reachable
+    accuracy is the last front point at or below it)."""
     plt = pyplot()
     usable = [r for r in rows if r.usable]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -71,7 +75,7 @@ def plot_front(
     )
     _mark_reference_and_pick(ax, usable, pick, pick_label)
     left_out = len(rows) - len(usable)
-    ax.set_xlabel("cost: fine-tune epochs per trial")
+    ax.set_xlabel(f"cost: {cost.axis()} per trial")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"Accuracy vs. cost at {_target(rows)} MACs speed-up")
     if left_out:
@@ -82,13 +86,15 @@ def plot_front(
             fontsize=8,
             color="0.4",
         )
-    _integer_x(ax)
+    if cost.unit == "epochs":
+        _integer_x(ax)
     _margins(ax, [r.val_acc for r in usable])
     costs = {r.cost for r in usable}
     if len(costs) == 1:  # one budget for every trial: one tick, not fractions of an epoch
-        (cost,) = costs
-        ax.set_xlim(cost - 1, cost + 1)
-        ax.set_xticks([cost])
+        (only,) = costs
+        half = 1.0 if cost.unit == "epochs" else max(0.1 * abs(only), 1e-9)
+        ax.set_xlim(only - half, only + half)
+        ax.set_xticks([only])
     if not usable:  # say so, rather than show empty axes around 0
         ax.set(xlim=(0, 1), ylim=(0, 100), xticks=[])
         ax.text(0.5, 0.5, "no trial completed its schedule", ha="center", transform=ax.transAxes)
@@ -264,6 +270,8 @@ def _log2_y(ax: Any, top: int) -> None:
 
 # what a trial logs per stage (MLflow step = stage) that a StagePoint is made of
 STAGE_KEYS = ("val_acc", "val_acc_after_prune", "epochs", "epochs_used", "speedup")
+# logged since BN recalibration exists; a stage without them has no recalibrated point
+RECAL_KEYS = ("val_acc_after_recal", "bn_recal_images")
 
 
 @dataclass(frozen=True)
@@ -272,13 +280,15 @@ class StagePoint:
     speedup: float  # reached by this stage's prune
     epochs_before: float  # cumulative epochs when the stage pruned (sparse training included)
     epochs_after: float  # ... after its fine-tune
-    acc_after_prune: float
+    acc_after_prune: float  # raw, with the BN statistics of before the prune
     acc: float  # after the fine-tune
+    acc_after_recal: float | None = None  # after BN recalibration; None: not recalibrated
 
 
 def stage_points(history: dict[str, dict[int, float]]) -> list[StagePoint]:
     """From per-stage metric histories (metric -> step -> value, step = stage)."""
     steps = sorted(set.intersection(*(set(history.get(k, {})) for k in STAGE_KEYS)))
+    recal, images = history.get(RECAL_KEYS[0], {}), history.get(RECAL_KEYS[1], {})
     return [
         StagePoint(
             stage=s,
@@ -287,17 +297,24 @@ def stage_points(history: dict[str, dict[int, float]]) -> list[StagePoint]:
             epochs_after=history["epochs_used"][s],
             acc_after_prune=history["val_acc_after_prune"][s],
             acc=history["val_acc"][s],
+            acc_after_recal=recal[s] if s in recal and images.get(s, 0) > 0 else None,
         )
         for s in steps
     ]
 
 
 def sawtooth(points: Sequence[StagePoint], base_acc: float | None) -> tuple[list, list]:
-    """(epochs, accuracy) through the schedule: each prune drops, each fine-tune climbs."""
+    """(epochs, accuracy) through the schedule: each prune drops, a recalibration (same epoch)
+    climbs straight up to the honest value, each fine-tune climbs."""
     xs, ys = ([0.0], [base_acc]) if base_acc is not None else ([], [])
     for p in points:
-        xs += [p.epochs_before, p.epochs_after]
-        ys += [p.acc_after_prune, p.acc]
+        xs.append(p.epochs_before)
+        ys.append(p.acc_after_prune)
+        if p.acc_after_recal is not None:
+            xs.append(p.epochs_before)
+            ys.append(p.acc_after_recal)
+        xs.append(p.epochs_after)
+        ys.append(p.acc)
     return xs, _pct(ys)
 
 
@@ -319,7 +336,9 @@ def plot_schedule_accuracy(
         (points,) = curves.values()
         _label_values(ax, points)
         _prune_axis(ax, points)
-    ax.scatter([], [], marker="v", c="w", edgecolors="k", label="right after a prune")
+    ax.scatter([], [], marker="v", c="w", edgecolors="k", label="right after a prune (raw)")
+    if any(p.acc_after_recal is not None for points in curves.values() for p in points):
+        ax.scatter([], [], marker="D", c="w", edgecolors="k", label="after BN recalibration")
     ax.scatter([], [], marker="o", c="w", edgecolors="k", label="after its fine-tune")
     ax.set_xlabel("cumulative fine-tune epochs (sparse training included)")
     ax.set_ylabel("validation accuracy (%)")
@@ -341,8 +360,11 @@ def _draw_curve(
     ax.plot(xs, ys, "-", color=colour, lw=1.5, label=label)
     style = {"color": colour, "edgecolors": "k", "linewidths": 0.5, "zorder": 3, "clip_on": False}
     pruned = [(p.epochs_before, 100 * p.acc_after_prune) for p in points]
+    recal = [
+        (p.epochs_before, 100 * p.acc_after_recal) for p in points if p.acc_after_recal is not None
+    ]
     tuned = [(p.epochs_after, 100 * p.acc) for p in points]
-    for marks, marker, size in ((pruned, "v", 45), (tuned, "o", 35)):
+    for marks, marker, size in ((pruned, "v", 45), (recal, "D", 30), (tuned, "o", 35)):
         if marks:
             ax.scatter(*zip(*marks, strict=True), marker=marker, s=size, **style)
 
@@ -352,7 +374,10 @@ def _label_values(ax: Any, points: Sequence[StagePoint]) -> None:
     the first of those gets a label."""
     seen: list[tuple[float, float]] = []
     for p in points:
-        for x, acc, dy in ((p.epochs_before, p.acc_after_prune, -12), (p.epochs_after, p.acc, 5)):
+        marks = [(p.epochs_before, p.acc_after_prune, -12), (p.epochs_after, p.acc, 5)]
+        if p.acc_after_recal is not None:
+            marks.insert(1, (p.epochs_before, p.acc_after_recal, 5))
+        for x, acc, dy in marks:
             if any(abs(x - sx) < 0.05 and abs(acc - sa) < 0.03 for sx, sa in seen):
                 continue
             seen.append((x, acc))
