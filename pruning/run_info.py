@@ -37,6 +37,7 @@ from pruning.models import (
     MODELS,
     CheckpointMismatchError,
     ModelSpec,
+    as_state_dict,
     build_model,
     check_arch,
     describe_mismatch,
@@ -44,7 +45,6 @@ from pruning.models import (
     load_pruned,
     read_checkpoint,
     uniform_width,
-    unwrap_state_dict,
     vgg19_classes,
     vgg19_from_state_dict,
     vgg19_widths,
@@ -183,7 +183,7 @@ def model_from_checkpoint(
         spec: ModelSpec = model.prunetune_spec  # type: ignore[assignment]
         return model, ModelInfo(spec.arch, _spec_width(model, spec), spec.num_classes, spec.kwargs)
     try:
-        return model_from_state(info, unwrap_state_dict(obj), num_classes, input_size)
+        return model_from_state(info, as_state_dict(obj, path), num_classes, input_size)
     except CheckpointMismatchError as err:
         raise CheckpointMismatchError(f"checkpoint {path}: {err}") from None
 

@@ -1,11 +1,18 @@
 """Time prunetune's one-shot prune against Torch-Pruning's progressive pruning, on one model.
 
+Any registry model: `--arch vgg19` (the default), `resnet56`, `mobilenet_v2`,
+`torchvision:resnet50` (224x224 unless `--input-size`), a user `module:callable`.
+
 The reference is `progressive_pruning` from Torch-Pruning's `reproduce/main.py`: a global
 BasePruner with group L2-norm importance and 400 iterative steps of 1/400 of the channels each,
 recounting MACs after every step until the speed-up is reached. prunetune's `prune_to_speedup`
 runs with its default channel floor and with the floor off (the reference has none).
 
     PYTHONPATH=. python experiments/bench/prune_speed.py --width 0.25 --json-out out.json
+    PYTHONPATH=. python experiments/bench/prune_speed.py --arch resnet56 --num-classes 10 \
+        --speedup 2.55
+    PYTHONPATH=. python experiments/bench/prune_speed.py --arch torchvision:resnet50 \
+        --num-classes 1000 --speedup 2.0
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.models import vgg19
+from pruning.models import ModelSpec, build_model
 from pruning.prune import prune_to_speedup
 
 
@@ -38,13 +45,25 @@ def reference_progressive(model: nn.Module, example_inputs: torch.Tensor, speedu
         pruning_ratio=1.0,
         max_pruning_ratio=1.0,
         global_pruning=True,
-        ignored_layers=[model.classifier],
+        ignored_layers=[output_layer(model, example_inputs)],
     )
     current = 1.0
     while current < speedup and pruner.current_step < pruner.iterative_steps:
         pruner.step()
         macs, _ = tp.utils.count_ops_and_params(model, example_inputs=example_inputs)
         current = base_macs / macs
+
+
+def output_layer(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
+    """The last conv/linear layer to run (the classes), which neither method may prune."""
+    order: list[nn.Module] = []
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in layers]
+    with torch.no_grad():
+        model(example_inputs)
+    for h in hooks:
+        h.remove()
+    return order[-1]
 
 
 def run_method(
@@ -68,7 +87,7 @@ def run_method(
         "params": int(params),
         "narrowest": narrowest,
         "narrowest_width": widths[narrowest],
-        "first_conv_width": widths["block0.0"],
+        "first_conv_width": next(iter(widths.values())),
     }
 
 
@@ -87,19 +106,21 @@ def print_table(rows: list[dict], speedup: float) -> None:
     ref = rows[0]["seconds"]
     print(
         f"{'method':<24}{'seconds':>9}{'speed-up':>10}{'err %':>8}{'MACs (M)':>10}"
-        f"{'params (M)':>11}{'block0.0':>9}  {'narrowest':<14}{'ref/this':>9}"
+        f"{'params (M)':>11}{'1st conv':>9}  {'narrowest':<24}{'ref/this':>9}"
     )
     for r in rows:
         print(
             f"{r['method']:<24}{r['seconds']:>9.2f}{r['speedup']:>10.3f}{r['error_pct']:>+8.2f}"
             f"{r['macs'] / 1e6:>10.2f}{r['params'] / 1e6:>11.3f}{r['first_conv_width']:>9}  "
-            f"{r['narrowest'] + '=' + str(r['narrowest_width']):<14}{ref / r['seconds']:>9.1f}"
+            f"{r['narrowest'] + '=' + str(r['narrowest_width']):<24}{ref / r['seconds']:>9.1f}"
         )
     print(f"target speed-up {speedup:.3f}x; ref/this = reference seconds / this method's seconds")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="vgg19", help="a model registry name (pruning.models)")
+    p.add_argument("--input-size", type=int, default=None, help="pixels per side")
     p.add_argument("--speedup", type=float, default=8.84)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--num-classes", type=int, default=100)
@@ -111,13 +132,16 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(args.seed)
-    model = vgg19(num_classes=args.num_classes, width=args.width).eval()
-    inputs = torch.randn(1, 3, 32, 32)
+    spec = ModelSpec(
+        args.arch, num_classes=args.num_classes, width=args.width, input_size=args.input_size
+    )
+    model = build_model(spec).eval()
+    inputs = torch.randn(1, 3, spec.size, spec.size)
     base_macs, base_params = tp.utils.count_ops_and_params(model, example_inputs=inputs)
     info = machine()
     print(" | ".join(f"{k}: {v}" for k, v in info.items()))
     print(
-        f"VGG19 width {args.width}, {args.num_classes} classes, seed {args.seed}: "
+        f"{spec.describe()}, seed {args.seed}: "
         f"{base_macs / 1e6:.2f}M MACs, {base_params / 1e6:.3f}M params"
     )
     methods = [

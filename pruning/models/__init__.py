@@ -12,6 +12,7 @@
 from pruning.models.checkpoints import (
     CheckpointMismatchError,
     UnreadableCheckpointError,
+    as_state_dict,
     count_params,
     describe_mismatch,
     load_checkpoint,
@@ -58,6 +59,7 @@ __all__ = [
     "ModelSpec",
     "UnreadableCheckpointError",
     "apply_widths",
+    "as_state_dict",
     "build_model",
     "check_arch",
     "check_width",

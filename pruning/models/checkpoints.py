@@ -78,7 +78,11 @@ def read_checkpoint(path: str | Path) -> object:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A plain state dict from disk (also the one inside a pruned-model file)."""
-    obj = read_checkpoint(path)
+    return as_state_dict(read_checkpoint(path), path)
+
+
+def as_state_dict(obj: object, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in `obj` (what read_checkpoint(path) gave), else UnreadableCheckpointError."""
     try:
         return unwrap_state_dict(obj)
     except CheckpointMismatchError as err:
@@ -88,7 +92,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-_WRITE_IT = "prunetune reads files written by torch.save(model.state_dict(), path)."
+_WRITE_IT = (
+    "prunetune reads files written by torch.save(model.state_dict(), path) or by "
+    "pruning.models.save_pruned."
+)
 
 
 def _unreadable(path: Path, err: Exception) -> str:

@@ -25,9 +25,9 @@ from torch import nn
 
 from pruning.models.checkpoints import (
     CheckpointMismatchError,
+    as_state_dict,
     describe_mismatch,
     read_checkpoint,
-    unwrap_state_dict,
 )
 from pruning.models.vgg import uniform_width, vgg19_from_state_dict, vgg19_widths
 from pruning.models.zoo import ModelSpec, build_model, example_input
@@ -74,7 +74,7 @@ def load_pruned(path: str | Path) -> nn.Module:
         except (CheckpointMismatchError, ValueError) as err:
             raise type(err)(f"checkpoint {path}: {err}") from None
     try:
-        return _legacy_vgg19(unwrap_state_dict(obj))
+        return _legacy_vgg19(as_state_dict(obj, path))
     except CheckpointMismatchError as err:
         raise CheckpointMismatchError(
             f"checkpoint {path} is neither a prunetune pruned-model file nor a VGG19 state "
