@@ -78,23 +78,6 @@ def speedup_cap(min_channel_ratio: float) -> float:
     return math.inf if min_channel_ratio <= 0 else 1.0 / min_channel_ratio**2
 
 
-def _output_layer(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
-    """The last conv/linear layer to run: its outputs are the classes, never pruned."""
-    order: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, i, o: order.append(mod))
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.no_grad():
-            model.eval()(example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return order[-1]
-
-
 # Modules tp.utils.count_ops_and_params counts beyond conv/linear/BN: it counts their output's
 # elements (activations, upsampling) or their input's (pooling), so both scale with channels.
 _COUNTED_BY_OUTPUT = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample)
@@ -110,6 +93,50 @@ _COUNTED_BY_INPUT = (
 )
 
 
+class _Trace:
+    """One hooked forward: what the MACs model and the group search need from the model.
+
+    `positions`: each conv/linear/BN layer's output elements per channel (H*W, or tokens);
+    `calls`: each counted activation/pooling call fed by a layer (directly, or through other
+    such calls) as (that layer, counted elements per channel); `output_layer`: the last
+    conv/linear layer to run, whose outputs are the classes.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+        self.positions: dict[nn.Module, int] = {}
+        self.calls: list[tuple[nn.Module, int]] = []
+        order: list[nn.Module] = []
+        # id(tensor) -> (tensor, the layer it comes from): held so its id is not reused.
+        tagged: dict[int, tuple[torch.Tensor, nn.Module]] = {}
+
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                self.positions[module] = _per_channel(output)
+                layer: nn.Module | None = module
+                if not isinstance(module, nn.BatchNorm2d):
+                    order.append(module)
+            else:
+                source = tagged.get(id(inputs[0]))
+                layer = source[1] if source is not None and source[0] is inputs[0] else None
+                if layer is not None:
+                    counted = output if isinstance(module, _COUNTED_BY_OUTPUT) else inputs[0]
+                    self.calls.append((layer, _per_channel(counted)))
+            if layer is not None and isinstance(output, torch.Tensor):
+                tagged[id(output)] = (output, layer)
+
+        kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, *_COUNTED_BY_OUTPUT, *_COUNTED_BY_INPUT)
+        hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(example_inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+        self.output_layer = order[-1]
+
+
 class _MacsModel:
     """Predicts tp.utils.count_ops_and_params MACs for any per-group channel counts.
 
@@ -121,16 +148,17 @@ class _MacsModel:
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        example_inputs: torch.Tensor,
-        dg: tp.DependencyGraph,
-        roots: list[nn.Module],
-        measured_macs: int,
+        self, trace: _Trace, dg: tp.DependencyGraph, roots: list[nn.Module], measured_macs: int
     ) -> None:
         self.full = [r.out_channels if isinstance(r, nn.Conv2d) else r.out_features for r in roots]
         self._group_layers(dg, roots)
-        self._trace(model, example_inputs)
+        self.modules = list(trace.positions.items())
+        # (group, counted elements per channel) of each activation/pooling call fed by a group.
+        self.calls = [
+            (self.out_group[layer], per_channel)
+            for layer, per_channel in trace.calls
+            if layer in self.out_group
+        ]
         self.residual = measured_macs - self._analytic(self.full)
         if abs(self.residual) <= TOLERANCE / 2 * measured_macs:
             # A rest this small cannot move a landing by half the tolerance when scaled by the
@@ -155,37 +183,6 @@ class _MacsModel:
                     groups = self.in_groups.setdefault(target, [])
                     if root_index[root] not in groups:
                         groups.append(root_index[root])
-
-    def _trace(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
-        """One forward: each layer's output positions per channel (H*W, or tokens), and each
-        counted activation/pooling call's group and elements per channel."""
-        positions: dict[nn.Module, int] = {}
-        self.calls: list[tuple[int, int]] = []  # (group, counted elements per channel)
-        # id(tensor) -> (tensor, group): the tensor is held so its id is not reused meanwhile.
-        tagged: dict[int, tuple[torch.Tensor, int]] = {}
-
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
-                positions[module] = _per_channel(output)
-                group = self.out_group.get(module)
-            else:
-                source = tagged.get(id(inputs[0]), (None, None))
-                group = source[1] if source[0] is inputs[0] else None
-                if group is not None:
-                    counted = output if isinstance(module, _COUNTED_BY_OUTPUT) else inputs[0]
-                    self.calls.append((group, _per_channel(counted)))
-            if group is not None and isinstance(output, torch.Tensor):
-                tagged[id(output)] = (output, group)
-
-        kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, *_COUNTED_BY_OUTPUT, *_COUNTED_BY_INPUT)
-        hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
-        try:
-            with torch.no_grad():
-                model.eval()(example_inputs)
-        finally:
-            for h in hooks:
-                h.remove()
-        self.modules = list(positions.items())
 
     def _channels(self, module: nn.Module, keep: Sequence[int], current: int, side: str) -> int:
         if side == "out":
@@ -379,7 +376,10 @@ def _registry_ignored(model: nn.Module) -> list[nn.Module]:
 
 
 def _prunable_groups(
-    model: nn.Module, example_inputs: torch.Tensor, ignored_layers: Sequence[nn.Module] = ()
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    output_layer: nn.Module,
+    ignored_layers: Sequence[nn.Module] = (),
 ) -> tuple[tp.DependencyGraph, list[tp.Group], list[nn.Module]]:
     """The dependency graph, every prunable channel group and each group's root layer.
 
@@ -388,7 +388,7 @@ def _prunable_groups(
     Groups holding the classifier's output or an ignored layer's output are left out.
     """
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    ignored = [*ignored_layers, *_registry_ignored(model), _output_layer(model, example_inputs)]
+    ignored = [*ignored_layers, *_registry_ignored(model), output_layer]
     groups = list(
         dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear))
     )
@@ -412,11 +412,33 @@ def _group_floors(
     return out
 
 
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[str, ...]]:
+    """The names of the conv/linear layers whose output channels each prunable group cuts
+    together, in module order (one name: a layer pruned alone; more: coupled, e.g. every conv
+    feeding one residual stage's adds). For plots and reports; nothing is pruned."""
+    dg, groups, _ = _prunable_groups(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    out = []
+    for group in groups:
+        cut = {
+            names[dep.target.module]
+            for dep, _ in group
+            if dg.is_out_channel_pruning_fn(dep.handler)
+            and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))
+        }
+        if cut:
+            out.append(tuple(sorted(cut, key=order.__getitem__)))
+    return sorted(out, key=lambda g: order[g[0]])
+
+
 def _score_channels(
-    model: nn.Module, example_inputs: torch.Tensor, request: _Request
+    model: nn.Module, example_inputs: torch.Tensor, output_layer: nn.Module, request: _Request
 ) -> tuple[tp.DependencyGraph, list[tp.Group], list[nn.Module], list[torch.Tensor]]:
     """The prunable groups (as _prunable_groups) and the scores of their channels."""
-    dg, groups, roots = _prunable_groups(model, example_inputs, request.ignored_layers)
+    dg, groups, roots = _prunable_groups(
+        model, example_inputs, output_layer, request.ignored_layers
+    )
     imp = make_importance(request.importance)
     with torch.no_grad():
         scores = [imp(g).detach().float().cpu() for g in groups]
@@ -427,26 +449,35 @@ def _prune_once(
     model: nn.Module, example_inputs: torch.Tensor, macs_now: int, request: _Request
 ) -> None:
     """Score every channel once, plan the widths predicted to land on the target, prune."""
-    dg, groups, roots, scores = _score_channels(model, example_inputs, request)
+    trace = _Trace(model, example_inputs)
+    dg, groups, roots, scores = _score_channels(model, example_inputs, trace.output_layer, request)
     # A group already at or below its floor keeps everything it has.
     floors = [
         min(len(s), f)
         for s, f in zip(scores, _group_floors(model, dg, groups, request.floors), strict=True)
     ]
-    predict = _MacsModel(model, example_inputs, dg, roots, macs_now)
+    predict = _MacsModel(trace, dg, roots, macs_now)
     removals = _plan_keep(scores, floors, request.ranking, predict, request)
     _apply(dg, roots, removals)
 
 
 def _prune_until_landed(
-    model: nn.Module, example_inputs: torch.Tensor, macs: int, request: _Request
-) -> None:
-    """Prune, recount, and prune again only while the real MACs are still above the target."""
+    model: nn.Module, example_inputs: torch.Tensor, before: _Size, request: _Request
+) -> _Size:
+    """Prune, recount, and prune again only while the real MACs are still above the target;
+    the size reached."""
+    macs, params = before.macs, before.params
     for _ in range(MAX_PRUNES):
         if macs <= request.target_macs * (1 + TOLERANCE / 2):
-            return
+            break
         _prune_once(model, example_inputs, macs, request)
-        macs, _ = count_macs_params(model, example_inputs)
+        macs, params = count_macs_params(model, example_inputs)
+    else:
+        _check_reached(macs, request)
+    return _Size(macs, params, layer_widths(model))
+
+
+def _check_reached(macs: int, request: _Request) -> None:
     if macs > request.target_macs * (1 + TOLERANCE):
         raise ValueError(
             f"the target {request.base_macs / request.target_macs:.3f}x was not reached: after "
@@ -504,8 +535,7 @@ def prune_to_speedup(
         floors=layer_floors(original_widths, min_channels, min_channel_ratio),
         ignored_layers=tuple(ignored_layers),
     )
-    _prune_until_landed(model, example_inputs, before.macs, request)
-    after = _size(model, example_inputs)
+    after = _prune_until_landed(model, example_inputs, before, request)
     seconds = time.perf_counter() - start
     return _report(before, after, base_macs, speedup, original_widths, seconds)
 
@@ -547,9 +577,10 @@ def floor_speedup(
     layer cut to its floor, predicted as prune_to_speedup predicts it (no pruning is done).
     Any target above it is unreachable, whatever the importance, ranking or stages."""
     macs, _ = count_macs_params(model, example_inputs)
-    dg, groups, roots = _prunable_groups(model, example_inputs)
+    trace = _Trace(model, example_inputs)
+    dg, groups, roots = _prunable_groups(model, example_inputs, trace.output_layer)
     floors = layer_floors(layer_widths(model), min_channels, min_channel_ratio)
-    predict = _MacsModel(model, example_inputs, dg, roots, macs)
+    predict = _MacsModel(trace, dg, roots, macs)
     return macs / predict(_group_floors(model, dg, groups, floors))
 
 
@@ -565,6 +596,6 @@ def sparsity_regularizer(
         example_inputs,
         importance=make_importance("group_norm"),
         reg=reg,
-        ignored_layers=[*_registry_ignored(model), _output_layer(model, example_inputs)],
+        ignored_layers=[*_registry_ignored(model), _Trace(model, example_inputs).output_layer],
     )
     return lambda m: pruner.regularize(m)

@@ -88,7 +88,8 @@ def test_layer_data_reads_original_widths_and_floors(tmp_path: Path) -> None:
     small = layer_widths(vgg19(10, 0.25))
     kept = {n: max(1, c // 3) for n, c in small.items()} | {"classifier": 10}
     (tmp_path / "widths.json").write_text(json.dumps(kept))
-    got_kept, original, floors = layer_data(tmp_path / "schedule.yaml", tmp_path / "widths.json")
+    layers = layer_data(tmp_path / "schedule.yaml", tmp_path / "widths.json")
+    got_kept, original, floors = layers.kept, layers.original, layers.floors
     assert "classifier" not in got_kept  # the output layer is never pruned: not drawn
     assert len(got_kept) == 16 and original["block0.0"] == 16 and original["block4.9"] == 128
     assert floors["block0.0"] == 4  # max(4, ceil(0.2 * 16))

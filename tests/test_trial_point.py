@@ -123,7 +123,7 @@ def test_a_target_the_floor_cannot_reach_is_refused_with_the_most_it_can_reach()
     assert config_from_dict(TINY | space | {"target_speedup": 3.5}).target_speedup == 3.5
     # The same floor on the full-width model reaches further: the model decides, not 1/ratio^2.
     wide = config_from_dict(TINY | space | {"target_speedup": 3.9, "width": 1.0})
-    assert wide.width == 1.0
+    assert wide.model.width == 1.0
 
 
 def _cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:

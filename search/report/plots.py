@@ -163,6 +163,12 @@ def short_name(layer: str) -> str:
     return f"conv{block + 1}_{index // 3 + 1}"
 
 
+def layer_label(layer: str) -> str:
+    """The model's own module name, with VGG's conventional name beside it where there is one."""
+    short = short_name(layer)
+    return layer if short == layer else f"{layer} ({short})"
+
+
 def layer_status(kept: int, original: int, floor: int) -> str:
     if kept < COLLAPSE * original:
         return "collapsed"
@@ -171,35 +177,45 @@ def layer_status(kept: int, original: int, floor: int) -> str:
     return "ok"
 
 
+# Coupled groups' colours: none of the status colours (blue, orange, red) or the bars' grey.
+GROUP_COLOURS = ("#7b3294", "#1b9e77", "#8c510a", "#e7298a", "#66a61e", "#17becf", "#525252")
+ROW_INCHES = 0.24  # height of one layer's row: 16 layers (VGG19) fit 5 in, 53 (ResNet-50) 14 in
+
+
 def plot_widths(
     kept: dict[str, int],
     original: dict[str, int],
     floors: dict[str, int],
     path: Path,
     title: str,
+    groups: Sequence[Sequence[str]] = (),
 ) -> list[str]:
-    """Channels kept against the original width, per layer (log scale, so 1-4 channels still
-    show next to 512). Returns the collapsed layers."""
+    """Channels kept against the original width, one row per layer from the first (top) to the
+    last, on a log scale (1-4 channels still show next to 512), labelled with the model's own
+    names. `groups`: layers pruned together (residual stages, depthwise pairs), each marked by a
+    coloured bracket on the right. Horizontal rows keep 50+ layers readable. Returns the
+    collapsed layers."""
     plt = pyplot()
     names = list(kept)
     status = [layer_status(kept[n], original[n], floors[n]) for n in names]
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(names) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(9.0, max(4.0, ROW_INCHES * len(names) + 1.6)))
     _width_bars(ax, names, kept, original, floors, status)
-    _log2_y(ax, max(original.values()))
-    ax.set_xticks(range(len(names)), [short_name(n) for n in names], rotation=45, ha="right")
-    ax.tick_params(axis="x", labelsize=8)
-    ax.set_xlim(-0.6, len(names) - 0.4)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("output channels (log scale)")
+    _log2_x(ax, max(original.values()))
+    ax.set_yticks(range(len(names)), [layer_label(n) for n in names], fontsize=7)
+    ax.set_ylim(len(names) - 0.4, -0.6)  # first layer on top
+    ax.set_ylabel("layer (module name)")
+    ax.set_xlabel("output channels (log scale)")
     ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    brackets = _group_brackets(ax, names, groups)
+    side = 1.03 + 0.025 * min(brackets, 4) + (0.03 if brackets else 0.0)  # right of the brackets
+    ax.legend(loc="upper left", bbox_to_anchor=(side, 1.0), borderaxespad=0, fontsize=8)
     collapsed = [n for n, s in zip(names, status, strict=True) if s == "collapsed"]
     if collapsed:  # spelled out next to the plot, in case the red bars are missed
-        text = "\n".join(f"{short_name(n)}: {kept[n]} of {original[n]}" for n in collapsed)
+        text = "\n".join(f"{layer_label(n)}: {kept[n]} of {original[n]}" for n in collapsed)
         ax.annotate(
             f"collapsed:\n{text}",
-            (1.02, 0.0),
+            (side, 0.0),
             xycoords="axes fraction",
             va="bottom",
             fontsize=8,
@@ -218,29 +234,29 @@ def _width_bars(
     floors: dict[str, int],
     status: list[str],
 ) -> None:
-    """Original as a light bar behind, kept as a narrower bar coloured by its status, the kept
-    count above it, and the floor as a dashed tick across each bar."""
+    """Original as a light bar behind, kept as a thinner bar coloured by its status, the kept
+    count after it, and the floor as a dashed tick across each bar."""
     colour = {"ok": OK, "at floor": AT_FLOOR, "collapsed": COLLAPSED}
-    x = range(len(names))
-    ax.bar(x, [original[n] for n in names], width=0.8, color="0.85", label="original width")
-    bars = ax.bar(x, [kept[n] for n in names], width=0.55, color=[colour[s] for s in status])
-    ax.hlines(
+    y = range(len(names))
+    ax.barh(y, [original[n] for n in names], height=0.8, color="0.88", label="original width")
+    bars = ax.barh(y, [kept[n] for n in names], height=0.55, color=[colour[s] for s in status])
+    ax.vlines(
         [floors[n] for n in names],
-        [i - 0.4 for i in x],
-        [i + 0.4 for i in x],
+        [i - 0.4 for i in y],
+        [i + 0.4 for i in y],
         colors="k",
         linestyles="--",
-        linewidth=1.2,
+        linewidth=1.0,
         label="floor (min channels kept)",
     )
     for bar, n, s in zip(bars, names, status, strict=True):
         ax.annotate(
             str(kept[n]),
-            (bar.get_x() + bar.get_width() / 2, kept[n]),
-            xytext=(0, 2),
+            (kept[n], bar.get_y() + bar.get_height() / 2),
+            xytext=(3, 0),
             textcoords="offset points",
-            ha="center",
-            va="bottom",
+            ha="left",
+            va="center",
             fontsize=7,
             color=COLLAPSED if s == "collapsed" else "k",
             fontweight="bold" if s == "collapsed" else "normal",
@@ -251,18 +267,43 @@ def _width_bars(
         ("collapsed", f"kept, collapsed (< {COLLAPSE:.0%} of original)"),
     ):
         if key in status:  # a legend entry only for what is drawn
-            ax.bar([0], [0], color=colour[key], label=text)
+            ax.barh([0], [0], color=colour[key], label=text)
 
 
-def _log2_y(ax: Any, top: int) -> None:
+def _group_brackets(ax: Any, names: list[str], groups: Sequence[Sequence[str]]) -> int:
+    """Each coupled group: a coloured bracket right of the axes from its first to its last layer,
+    a dot at every member (members need not be adjacent: a residual stage's second convs
+    alternate with the first ones), the members' rows tinted, and its name (G1, ...) at the top."""
+    from matplotlib.transforms import blended_transform_factory
+
+    row = {n: i for i, n in enumerate(names)}
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    drawn = [g for g in groups if len([n for n in g if n in row]) > 1]
+    for k, group in enumerate(drawn):
+        members = sorted(row[n] for n in group if n in row)
+        colour = GROUP_COLOURS[k % len(GROUP_COLOURS)]
+        x = 1.02 + 0.025 * (k % 4)  # neighbouring groups' brackets side by side
+        style = {"transform": trans, "clip_on": False, "color": colour}
+        ax.plot([x, x], [members[0], members[-1]], lw=1.5, **style)
+        ax.plot([x] * len(members), members, "o", ms=3, **style)
+        for i in members:
+            ax.axhspan(i - 0.5, i + 0.5, color=colour, alpha=0.10, lw=0)
+        ax.text(x, members[0] - 0.6, f"G{k + 1}", fontsize=7, ha="center", va="bottom", **style)
+        ax.plot(
+            [], [], lw=3, color=colour, label=f"G{k + 1}: {len(members)} layers pruned together"
+        )
+    return len(drawn)
+
+
+def _log2_x(ax: Any, top: int) -> None:
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    ax.set_yscale("log", base=2)
+    ax.set_xscale("log", base=2)
     ticks = [2**k for k in range(0, max(1, top).bit_length() + 1)]
-    ax.yaxis.set_major_locator(FixedLocator(ticks))
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.set_yticklabels([str(t) for t in ticks])
-    ax.set_ylim(0.8, top * 1.6)  # room for the number above the widest bar
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlim(0.8, top * 2.2)  # room for the number after the widest bar
 
 
 # -- accuracy through the schedule --------------------------------------------------------------
