@@ -126,14 +126,12 @@ class _Trace:
 
         kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, *_COUNTED_BY_OUTPUT, *_COUNTED_BY_INPUT)
         hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
-        was_training = model.training
         try:
             with torch.no_grad():
-                model.eval()(example_inputs)
+                model.eval()(example_inputs)  # left in eval, as prune_to_speedup always has
         finally:
             for h in hooks:
                 h.remove()
-            model.train(was_training)
         self.output_layer = order[-1]
 
 
@@ -376,23 +374,22 @@ def _registry_ignored(model: nn.Module) -> list[nn.Module]:
 
 
 def _prunable_groups(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    output_layer: nn.Module,
-    ignored_layers: Sequence[nn.Module] = (),
-) -> tuple[tp.DependencyGraph, list[tp.Group], list[nn.Module]]:
+    model: nn.Module, example_inputs: torch.Tensor, ignored_layers: Sequence[nn.Module] = ()
+) -> tuple[tp.DependencyGraph, list[tp.Group], list[nn.Module], _Trace]:
     """The dependency graph, every prunable channel group and each group's root layer.
 
     A group is every layer whose channels must go together: a conv and its BN, the next layer's
     inputs, all branches of a residual add or a concatenation, a depthwise conv's in and out.
-    Groups holding the classifier's output or an ignored layer's output are left out.
+    Groups holding the classifier's output or an ignored layer's output are left out. Also
+    returns the model's _Trace (taken after the graph, so it runs in the mode the caller left).
     """
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    ignored = [*ignored_layers, *_registry_ignored(model), output_layer]
+    trace = _Trace(model, example_inputs)
+    ignored = [*ignored_layers, *_registry_ignored(model), trace.output_layer]
     groups = list(
         dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear))
     )
-    return dg, groups, [g[0].dep.target.module for g in groups]
+    return dg, groups, [g[0].dep.target.module for g in groups], trace
 
 
 def _group_floors(
@@ -412,45 +409,22 @@ def _group_floors(
     return out
 
 
-def channel_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[str, ...]]:
-    """The names of the conv/linear layers whose output channels each prunable group cuts
-    together, in module order (one name: a layer pruned alone; more: coupled, e.g. every conv
-    feeding one residual stage's adds). For plots and reports; nothing is pruned."""
-    dg, groups, _ = _prunable_groups(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    order = {n: i for i, n in enumerate(names.values())}
-    out = []
-    for group in groups:
-        cut = {
-            names[dep.target.module]
-            for dep, _ in group
-            if dg.is_out_channel_pruning_fn(dep.handler)
-            and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))
-        }
-        if cut:
-            out.append(tuple(sorted(cut, key=order.__getitem__)))
-    return sorted(out, key=lambda g: order[g[0]])
-
-
 def _score_channels(
-    model: nn.Module, example_inputs: torch.Tensor, output_layer: nn.Module, request: _Request
-) -> tuple[tp.DependencyGraph, list[tp.Group], list[nn.Module], list[torch.Tensor]]:
+    model: nn.Module, example_inputs: torch.Tensor, request: _Request
+) -> tuple[tp.DependencyGraph, list[tp.Group], list[nn.Module], _Trace, list[torch.Tensor]]:
     """The prunable groups (as _prunable_groups) and the scores of their channels."""
-    dg, groups, roots = _prunable_groups(
-        model, example_inputs, output_layer, request.ignored_layers
-    )
+    dg, groups, roots, trace = _prunable_groups(model, example_inputs, request.ignored_layers)
     imp = make_importance(request.importance)
     with torch.no_grad():
         scores = [imp(g).detach().float().cpu() for g in groups]
-    return dg, groups, roots, scores
+    return dg, groups, roots, trace, scores
 
 
 def _prune_once(
     model: nn.Module, example_inputs: torch.Tensor, macs_now: int, request: _Request
 ) -> None:
     """Score every channel once, plan the widths predicted to land on the target, prune."""
-    trace = _Trace(model, example_inputs)
-    dg, groups, roots, scores = _score_channels(model, example_inputs, trace.output_layer, request)
+    dg, groups, roots, trace, scores = _score_channels(model, example_inputs, request)
     # A group already at or below its floor keeps everything it has.
     floors = [
         min(len(s), f)
@@ -577,8 +551,7 @@ def floor_speedup(
     layer cut to its floor, predicted as prune_to_speedup predicts it (no pruning is done).
     Any target above it is unreachable, whatever the importance, ranking or stages."""
     macs, _ = count_macs_params(model, example_inputs)
-    trace = _Trace(model, example_inputs)
-    dg, groups, roots = _prunable_groups(model, example_inputs, trace.output_layer)
+    dg, groups, roots, trace = _prunable_groups(model, example_inputs)
     floors = layer_floors(layer_widths(model), min_channels, min_channel_ratio)
     predict = _MacsModel(trace, dg, roots, macs)
     return macs / predict(_group_floors(model, dg, groups, floors))

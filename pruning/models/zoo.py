@@ -12,6 +12,7 @@ An architecture name (`ModelSpec.arch`) is one of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import re
@@ -181,6 +182,7 @@ def model_entry(arch: object, field: str = "model.arch") -> ModelEntry:
     )
 
 
+@functools.cache
 def _torchvision_names() -> tuple[str, ...]:
     from torchvision import models
 
