@@ -409,6 +409,26 @@ def _group_floors(
     return out
 
 
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[str, ...]]:
+    """The names of the conv/linear layers whose output channels each prunable group cuts
+    together, in module order (one name: a layer pruned alone; more: coupled, e.g. every conv
+    feeding one residual stage's adds). For plots and reports; nothing is pruned."""
+    dg, groups, _, _ = _prunable_groups(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    out = []
+    for group in groups:
+        cut = {
+            names[dep.target.module]
+            for dep, _ in group
+            if dg.is_out_channel_pruning_fn(dep.handler)
+            and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))
+        }
+        if cut:
+            out.append(tuple(sorted(cut, key=order.__getitem__)))
+    return sorted(out, key=lambda g: order[g[0]])
+
+
 def _score_channels(
     model: nn.Module, example_inputs: torch.Tensor, request: _Request
 ) -> tuple[tp.DependencyGraph, list[tp.Group], list[nn.Module], _Trace, list[torch.Tensor]]:

@@ -1,7 +1,7 @@
 """Replay a schedule in-process and keep everything it produced: `prunetune replay`.
 
 The output folder gets, after every finished stage (so a crash loses at most one stage):
-  pruned.pt      plain state dict of the pruned model (load with models.load_vgg19)
+  pruned.pt      the pruned model as structure + weights (load with models.load_pruned)
   schedule.yaml  the schedule with the `run` section that reproduces it (what actually ran:
                  the checkpoint's widths, its sha256, seed, data, threads; portable paths)
   metrics.json   per-stage metrics, the final ones and where the run came from
@@ -9,6 +9,7 @@ The output folder gets, after every finished stage (so a crash loses at most one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -22,16 +23,12 @@ from torch import nn
 
 from pruning import schedule as schedule_io
 from pruning.data import Dataset
-from pruning.models import (
-    CheckpointMismatchError,
-    read_state_dict,
-    vgg19,
-    vgg19_from_state_dict,
-)
-from pruning.run_info import ModelInfo, RunInfo, file_sha256, model_info
+from pruning.models import build_model, save_pruned
+from pruning.run_info import ModelInfo, RunInfo, file_sha256, model_from_checkpoint
 from pruning.runner import RunState, StageResult, run_schedule
 from pruning.schedule import Schedule
 from pruning.train import evaluate
+from pruning.validate import require
 
 
 def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
@@ -58,25 +55,31 @@ def replay_model(
     num_classes: int,
     width: float | None,
     seed: int,
+    arch: str | None = None,
+    input_size: int | None = None,
 ) -> ReplayModel:
     """The checkpoint's model (its file is the source of truth for widths and classes), or a
-    random-init VGG19 built from `seed` (so two replays on one seed prune alike).
+    random-init model of the registry built from `seed` (so two replays on one seed prune
+    alike). The architecture is `arch`, else the schedule file's run.model.arch, else vgg19;
+    `input_size` is the data's (pixels per side).
 
     Warns when the checkpoint's bytes or widths differ from what `recorded` (the schedule file's
     run section) says the schedule ran with."""
-    if not checkpoint:
-        width = width or (recorded.model.width if recorded and recorded.model else None) or 1.0
-        torch.manual_seed(seed)
-        model = vgg19(num_classes=num_classes, width=width)
-        return ReplayModel(model, ModelInfo("vgg19", width, num_classes), None, None, ())
-    path = Path(checkpoint).expanduser()
-    state = read_state_dict(path)
-    try:
-        model = vgg19_from_state_dict(state)
-    except CheckpointMismatchError as err:
-        raise CheckpointMismatchError(f"checkpoint {checkpoint}: {err}") from None
     expected = recorded.model if recorded and recorded.model else None
-    found = model_info(state, width or (expected.width if expected else None))
+    wanted = expected or ModelInfo()
+    if arch is not None and arch != wanted.arch:  # the file's kwargs are another model's
+        wanted = ModelInfo(arch, wanted.width, wanted.num_classes)
+    if width is not None or wanted.width is None:
+        wanted = dataclasses.replace(wanted, width=width or 1.0)
+    if not checkpoint:
+        torch.manual_seed(seed)
+        wanted = dataclasses.replace(wanted, num_classes=None)  # a random model fits the data
+        spec = wanted.spec(num_classes, input_size)
+        model = build_model(spec)
+        info = dataclasses.replace(wanted, num_classes=spec.num_classes)
+        return ReplayModel(model, info, None, None, ())
+    path = Path(checkpoint).expanduser()
+    model, found = model_from_checkpoint(path, wanted, num_classes, input_size)
     sha = file_sha256(path)
     warnings = []
     if recorded and recorded.checkpoint_sha256 and recorded.checkpoint_sha256 != sha:
@@ -92,6 +95,19 @@ def replay_model(
             "the source of truth for widths) and recording it"
         )
     return ReplayModel(model, found, checkpoint, sha, tuple(warnings))
+
+
+def check_teacher(schedule: Schedule, checkpoint: str | None) -> None:
+    """A distilling schedule learns from the unpruned baseline; a random-init model (no
+    checkpoint) is no teacher. Checked before anything is loaded or run."""
+    if schedule.distill is not None and not checkpoint:
+        require(
+            False,
+            "distill",
+            asdict(schedule.distill),
+            "distillation needs the unpruned baseline as teacher, but no checkpoint was given "
+            "(the model would be random-init); pass --checkpoint, or set distill: null",
+        )
 
 
 def _disagree(expected: ModelInfo, found: ModelInfo) -> bool:
@@ -111,6 +127,7 @@ def replay(
     on_stage: Callable[[StageResult], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
+    check_teacher(schedule, run.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     schedule_io.save(out / "schedule.yaml", schedule, run)
     start = time.perf_counter()
@@ -133,8 +150,8 @@ def replay(
             original_widths=state.original_widths,
             wall_seconds=time.perf_counter() - start,
         )
-        cpu_state = {k: v.detach().cpu() for k, v in pruned.state_dict().items()}
-        _atomic_write(out / "pruned.pt", lambda p: torch.save(cpu_state, p))
+        spec = pruned.prunetune_spec  # set by the registry (build_model, model_from_checkpoint)
+        _atomic_write(out / "pruned.pt", lambda p: save_pruned(p, pruned, spec))
         _atomic_write(
             out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n")
         )

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
+from pruning.compute import COSTS, DEFAULT_COST, CostObjective
 from pruning.data import DataSpec
 from pruning.importance import IMPORTANCES
-from pruning.models import check_width, vgg19
+from pruning.models import ModelSpec, build_model, example_input
 from pruning.pretrain import apply_overrides
 from pruning.prune import RANKINGS, floor_speedup
-from pruning.schedule import MAX_SPEEDUP, Training
+from pruning.run_info import ModelInfo, with_model_section
+from pruning.schedule import DEFAULT_TEMPERATURE, MAX_SPEEDUP, MAX_TEMPERATURE, Training
 from pruning.train import LR_SCHEDULES
 from pruning.validate import build_dataclass, did_you_mean, number_in, positive_int, require
 from search.space import SAMPLERS, checked_points
@@ -52,6 +54,9 @@ class SpaceConfig:
     min_channel_ratios: tuple[float, ...] = (0.0, 0.05, 0.1)
     sparse_epochs: tuple[int, ...] = (0,)  # 0: no sparse-training phase
     sparse_reg: float = 5e-4
+    # Distillation from the unpruned model: 0 is none; one choice each fixes it.
+    distill_alphas: tuple[float, ...] = (0.0,)
+    distill_temperatures: tuple[float, ...] = (DEFAULT_TEMPERATURE,)
 
     def __post_init__(self) -> None:
         positive_int("space.max_stages", self.max_stages, minimum=1)
@@ -70,6 +75,12 @@ class SpaceConfig:
         for e in self.sparse_epochs:
             positive_int("space.sparse_epochs[]", e)
         number_in("space.sparse_reg", self.sparse_reg, 0.0, 1.0)
+        _choices("space.distill_alphas", self.distill_alphas)
+        for a in self.distill_alphas:
+            number_in("space.distill_alphas[]", a, 0.0, 1.0, low_open=False)
+        _choices("space.distill_temperatures", self.distill_temperatures)
+        for t in self.distill_temperatures:
+            number_in("space.distill_temperatures[]", t, 0.0, MAX_TEMPERATURE)
 
     @property
     def budget(self) -> int:
@@ -152,11 +163,16 @@ class ExperimentConfig:
     name: str
     target_speedup: float = 8.84
     data: DataSpec = field(default_factory=DataSpec)
-    width: float = 1.0
+    # The model registry's architecture, width, classes (null: the data's) and kwargs. Files
+    # written before the registry gave a top-level `width` (VGG19's): read as model.width.
+    model: ModelInfo = field(default_factory=ModelInfo)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     training: Training = field(default_factory=Training)
     reference_trial: bool = True  # Torch-Pruning's recipe as the first trial
+    # The cost objective beside accuracy (pruning.compute.COSTS): compute (TMACs) or epochs.
+    # Budgets (space.total_epochs, asha.grace_epochs) stay in epochs either way.
+    cost: str = DEFAULT_COST
     points: tuple[dict[str, Any], ...] = ()  # known schedules to try first (trial-config keys)
     sampler: str = "tpe"
     seed: int = 0
@@ -179,8 +195,14 @@ class ExperimentConfig:
             "letters, digits, '-' and '_' only",
         )
         number_in("target_speedup", self.target_speedup, 1.0, MAX_SPEEDUP)
-        check_width(self.width)
+        require(
+            isinstance(self.model, ModelInfo) and self.model.width is not None,
+            "model.width",
+            getattr(self.model, "width", self.model),
+            "a number: the channel multiplier the search's model is built with",
+        )
         SAMPLERS.check("sampler", self.sampler)
+        COSTS.check("cost", self.cost)
         positive_int("seed", self.seed)
         positive_int("num_trials", self.num_trials, minimum=1)
         positive_int("max_concurrent", self.max_concurrent, minimum=1)
@@ -196,6 +218,16 @@ class ExperimentConfig:
             _check_reference(self.space)
         require(isinstance(self.points, tuple), "points", self.points, "a list of mappings")
         checked_points(self)  # every key known, every value of its type and in the space
+
+    @property
+    def cost_objective(self) -> CostObjective:
+        return COSTS[self.cost]
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The registry's model the search prunes (classes: the data's, as far as the config
+        knows them; an image folder's are counted when it is read)."""
+        return self.model.spec(_num_classes(self.data), self.data.image_size)
 
     @property
     def out_dir(self) -> Path:
@@ -254,13 +286,14 @@ def _check_reachable(config: ExperimentConfig) -> None:
     """The target must be reachable under the tightest floor of the space (its largest
     min_channel_ratio) on this model, or every trial that draws it fails."""
     ratio = max(config.space.min_channel_ratios)
-    cap = _floor_speedup(config.width, _num_classes(config.data), config.data.image_size, ratio)
+    spec = config.model_spec
+    cap = _floor_speedup(json.dumps(spec.to_dict(), sort_keys=True), ratio)
     require(
         config.target_speedup <= cap,
         "target_speedup",
         config.target_speedup,
         f"the channel floor of min_channel_ratio={ratio} (and at least "
-        f"{min_channels_for(ratio)} channels a layer) lets VGG19 x{config.width} reach at most "
+        f"{min_channels_for(ratio)} channels a layer) lets {spec.describe()} reach at most "
         f"{cap:.3g}x; lower the target, or the largest of space.min_channel_ratios",
     )
 
@@ -272,12 +305,13 @@ def _num_classes(data: DataSpec) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _floor_speedup(width: float, num_classes: int, image_size: int, ratio: float) -> float:
-    """Builds the unpruned model (well under a second): cached, since a config is validated
-    again on every dataclasses.replace."""
-    model = vgg19(num_classes, width)
-    example = torch.zeros(1, 3, image_size, image_size)  # (N, C, H, W)
-    return floor_speedup(model, example, min_channels_for(ratio), ratio)
+def _floor_speedup(spec_json: str, ratio: float) -> float:
+    """Builds the registry's unpruned model (a second at most for ResNet-50): cached by the
+    spec (as JSON, since kwargs may hold lists), as a config is validated again on every
+    dataclasses.replace."""
+    spec = ModelSpec.from_dict(json.loads(spec_json))
+    model = build_model(spec)
+    return floor_speedup(model, example_input(spec), min_channels_for(ratio), ratio)
 
 
 _SECTIONS: dict[str, type] = {
@@ -297,6 +331,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
         raise ValueError(f"{source} must hold a mapping of settings")
     raw = dict(raw)
     try:
+        raw = with_model_section(raw)
         for key, cls in _SECTIONS.items():
             section = raw.get(key) or {}
             if key == "space" and isinstance(section, dict):
@@ -326,7 +361,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """Plain data (lists, not tuples) for YAML, MLflow params and the parent run's artifact."""
-    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(config))))
+    plain = _plain(dataclasses.asdict(config)) | {"model": config.model.to_dict()}
+    return yaml.safe_load(yaml.safe_dump(plain))
 
 
 def _plain(obj: Any) -> Any:

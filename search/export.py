@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pruning import schedule as schedule_io
+from pruning.models import load_pruned, save_pruned
 from search.trials import TrialRow
 from trainables import tracking
 
@@ -24,8 +25,12 @@ def export_trial(uri: str, row: TrialRow, out: Path, how: str) -> dict[str, Any]
         final = tracking.download(uri, row.run_id, "final", staging)
     else:  # MLflow unreachable: the bundle the trial also put in its Ray checkpoint
         final = Path(row.checkpoint) / "final"
-    for name in FILES[1:]:
+    for name in FILES[2:]:
         shutil.copyfile(final / name, out / name)
+    # Read and written again: a search from before the model registry kept a plain VGG19 state
+    # dict; the export is always structure + weights, so load_pruned rebuilds any model.
+    model = load_pruned(final / FILES[1])
+    save_pruned(out / FILES[1], model, model.prunetune_spec)
     # Re-written, not copied: the run section's paths become relative to `out` where they can
     # (pruning.run_info), so the exported file names no folder of this machine.
     schedule, run = schedule_io.load(final / FILES[0])
@@ -34,21 +39,25 @@ def export_trial(uri: str, row: TrialRow, out: Path, how: str) -> dict[str, Any]
     metrics = json.loads((out / "metrics.json").read_text())
     metrics |= {"run_id": row.run_id, "trial_id": row.trial_id, "pick": how, "tracking_uri": uri}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "report.md").write_text(trial_summary_md(row, how, out))
+    model_text = run.model.describe() if run and run.model else ""
+    (out / "report.md").write_text(trial_summary_md(row, how, out, model_text))
     return metrics
 
 
-def trial_summary_md(row: TrialRow, how: str, out: Path) -> str:
+def trial_summary_md(row: TrialRow, how: str, out: Path, model: str = "") -> str:
     """report.md: what was exported, its numbers, and how to replay it."""
     return (
         f"# Exported pruning schedule ({how})\n\n"
-        f"- trial `{row.trial_id}`, MLflow run `{row.run_id}`\n"
+        + (f"- model: {model}\n" if model else "")
+        + f"- trial `{row.trial_id}`, MLflow run `{row.run_id}`\n"
         f"- schedule: {row.schedule}\n"
         f"- validation accuracy {row.val_acc:.2%} at {row.speedup:.3f}x MACs speed-up "
         f"({row.macs / 1e6:.2f}M MACs, {row.params / 1e6:.3f}M params)\n"
-        f"- cost: {row.cost:g} fine-tune epochs, {row.train_seconds:.0f} s of training\n\n"
+        f"- cost: {row.train_tmacs:.4g} TMACs of fine-tune compute (10^12 MACs), "
+        f"{row.epochs_used:g} fine-tune epochs, {row.train_seconds:.0f} s of training\n\n"
         "Files: `schedule.yaml` (the recipe, with the data, seed and baseline it ran on), "
-        "`pruned.pt` (plain state dict; `pruning.models.load_vgg19`), `widths.json`, "
+        "`pruned.pt` (the pruned model as structure + weights, no pickles: "
+        "`pruning.models.load_pruned(path)` rebuilds it), `widths.json`, "
         "`metrics.json`.\n\n"
         f"Replay it: `prunetune replay {out / 'schedule.yaml'}`\n"
     )

@@ -13,13 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from pruning.models import read_state_dict
+from pruning.compute import epoch_tmacs, finetune_tmacs
+from pruning.data import load_dataset
+from pruning.models import build_model, read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
-from pruning.run_info import file_sha256
+from pruning.prune import count_macs_params
+from pruning.run_info import ModelInfo, file_sha256
+from pruning.schedule import BN_RECALIBRATION_BATCHES
 from search.callbacks import TrialProgress
 from search.cluster import check_resources, init_ray
 from search.config import ExperimentConfig, config_to_dict
@@ -52,6 +57,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def model_tags(model: ModelInfo) -> dict[str, str]:
+    """What the search prunes, as MLflow tags (params carry model.arch, model.width, ...)."""
+    return {"arch": model.arch, "model": model.describe()}
+
+
 def versions() -> dict[str, str]:
     return {f"version.{p}": md.version(p) for p in PACKAGES}
 
@@ -62,17 +72,17 @@ def baseline_weights(config: ExperimentConfig) -> tuple[dict[str, Any], str]:
         return read_state_dict(config.baseline.checkpoint), config.baseline.checkpoint
     path = config.out_dir / "baseline" / "baseline.pt"
     if path.is_file() and not _same_baseline(config, path.parent / "metrics.json"):
-        say(f"the baseline in {path.parent} was trained on other data or width: training again")
+        say(f"the baseline in {path.parent} was trained on other data or model: training again")
         path.unlink()
     if not path.is_file():
         say(
-            f"no baseline checkpoint given: pretraining VGG19 x{config.width} for "
+            f"no baseline checkpoint given: pretraining {config.model.describe()} for "
             f"{config.baseline.pretrain_epochs} epochs -> {path}"
         )
         metrics = pretrain(
             PretrainConfig(
                 data=config.data,
-                width=config.width,
+                model=config.model,
                 epochs=config.baseline.pretrain_epochs,
                 lr=config.baseline.pretrain_lr,
                 lr_schedule="cosine",
@@ -90,9 +100,10 @@ def _same_baseline(config: ExperimentConfig, metrics_file: Path) -> bool:
     if not metrics_file.is_file():
         return False
     saved = json.loads(metrics_file.read_text()).get("config", {})
-    return (
-        saved.get("data") == dataclasses.asdict(config.data) and saved.get("width") == config.width
-    )
+    model = config.model.to_dict()
+    # Pretrained before the model registry: a VGG19 whose config had a top-level width.
+    old = {"arch": "vgg19", "width": saved.get("width"), "num_classes": None}
+    return saved.get("data") == dataclasses.asdict(config.data) and saved.get("model", old) == model
 
 
 def baseline_accuracy(config: ExperimentConfig, path: str) -> float | None:
@@ -129,7 +140,7 @@ def _parent_run(config: ExperimentConfig, resume: bool) -> tuple[str, str]:
         experiment_id,
         f"search-{config.name}",
         params={k: v for k, v in _flatten(config_to_dict(config)).items()},
-        tags={"git_commit": git_commit(), **versions()},
+        tags={"git_commit": git_commit(), **versions(), **model_tags(config.model)},
         files=[config_file, space_file],
     )
     state.write_text(json.dumps({"parent_run_id": parent, "experiment_id": experiment_id}))
@@ -198,12 +209,13 @@ def _tuner(
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     scheduler = None
     if config.asha.enabled:
+        grace, max_t = asha_bounds(config)
         scheduler = ASHAScheduler(
-            time_attr="epochs_used",
+            time_attr="cost",  # the chosen cost objective, cumulative over a trial's stages
             metric="val_acc",
             mode="max",
-            max_t=config.space.budget,
-            grace_period=config.asha.grace_epochs,
+            max_t=max_t,
+            grace_period=grace,
             reduction_factor=config.asha.reduction_factor,
         )
     return tune.Tuner(
@@ -219,10 +231,30 @@ def _tuner(
             storage_path=str(config.storage),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[TrialProgress(config.num_trials)],
+            callbacks=[TrialProgress(config.num_trials, config.cost_objective)],
             verbose=0,
         ),
     )
+
+
+def asha_bounds(config: ExperimentConfig) -> tuple[float, float]:
+    """(grace period, max_t) of ASHA in the cost objective's unit. The config says them in
+    epochs; with `cost: compute` an epoch is one of the unpruned model on the training split
+    (the dearest a schedule's epoch can be, before the teacher), and max_t is an upper bound on
+    any trial's compute (every epoch at full size with a teacher, every stage's BN
+    recalibration), since ASHA stops a trial whose time reaches max_t."""
+    grace, budget = config.asha.grace_epochs, config.space.budget
+    if config.cost == "epochs":
+        return float(grace), float(budget)
+    data = load_dataset(config.data, "cpu")  # the training split's size (read, not guessed)
+    images = len(data.train.labels)
+    size = data.train.images.shape[2:]
+    model = build_model(config.model.spec(data.num_classes, size[0]))
+    macs, _ = count_macs_params(model, torch.zeros(1, 3, *size))  # per (1, 3, H, W) image
+    recal_images = config.space.max_stages * BN_RECALIBRATION_BATCHES * config.training.batch_size
+    max_t = budget * epoch_tmacs(macs, images, teacher_macs=macs)
+    max_t += finetune_tmacs(macs, 0, extra_images=recal_images)
+    return grace * epoch_tmacs(macs, images), max_t
 
 
 @contextlib.contextmanager
@@ -257,13 +289,14 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         training=config.training,
         sparse_reg=config.space.sparse_reg,
         data=config.data,
-        width=config.width,
+        model=config.model,
         seed=config.seed,
         tracking_uri=config.tracking_uri,
         experiment_id=experiment_id,
         parent_run_id=parent,
         baseline_path=baseline_path,
         baseline_sha256=file_sha256(baseline_path),
+        cost=config.cost,
     )
     grid = _tuner(config, _trainable(config, context, baseline), resume, context).fit()
     results = [

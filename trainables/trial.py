@@ -19,9 +19,10 @@ import torch
 from ray import tune
 
 from pruning import schedule as schedule_io
-from pruning.data import DataSpec, load_dataset
-from pruning.models import read_state_dict, vgg19_from_state_dict
-from pruning.run_info import ModelInfo, RunInfo, model_info
+from pruning.compute import COSTS, DEFAULT_COST
+from pruning.data import Dataset, DataSpec, load_dataset
+from pruning.models import load_pruned, save_pruned
+from pruning.run_info import ModelInfo, RunInfo, model_from_state
 from pruning.runner import RunState, StageResult, run_schedule
 from pruning.schedule import Schedule, Training
 from trainables import tracking
@@ -36,13 +37,14 @@ class TrialContext:
     training: Training
     sparse_reg: float
     data: DataSpec
-    width: float
+    model: ModelInfo  # the registry's architecture, width, classes (None: the data's), kwargs
     seed: int
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
     baseline_path: str | None  # recorded in the exported schedule's run section
     baseline_sha256: str | None = None  # of the baseline file's bytes, recorded beside it
+    cost: str = DEFAULT_COST  # the cost objective (pruning.compute.COSTS) reported as "cost"
 
 
 def _device_and_threads() -> tuple[torch.device, int]:
@@ -55,7 +57,8 @@ def _device_and_threads() -> tuple[torch.device, int]:
 
 
 def _save_checkpoint(folder: Path, model: torch.nn.Module, state: RunState) -> None:
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "pruned.pt")
+    # structure + weights (pruning.models.save_pruned): any architecture reloads without pickles
+    save_pruned(folder / "pruned.pt", model, model.prunetune_spec)
     (folder / "state.json").write_text(json.dumps(asdict(state)))
 
 
@@ -64,7 +67,7 @@ def _restore() -> tuple[torch.nn.Module, RunState] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        model = vgg19_from_state_dict(read_state_dict(Path(folder) / "pruned.pt"))
+        model = load_pruned(Path(folder) / "pruned.pt")
         state = RunState(**json.loads((Path(folder) / "state.json").read_text()))
     return model, state
 
@@ -78,11 +81,17 @@ def run_trial(
     schedule = point.schedule(context.target_speedup, context.training, context.sparse_reg)
     device, threads = _device_and_threads()
     torch.set_num_threads(threads)
-    model, state = _restore() or (vgg19_from_state_dict(baseline), RunState())
-    ran = model_info(baseline, context.width)  # the baseline's own widths, for the bundle
+    restored = _restore()
+    state = restored[1] if restored else RunState()
     with _trial_run(context, schedule, device, threads, state) as run:
-        run.log_params(flat_params(schedule, point))
+        run.log_params(flat_params(schedule, point) | model_params(context.model))
         data = load_dataset(context.data, device)
+        # The registry's model holding the baseline (its classes: the data's, unless the config
+        # names them); `ran` is what it is, for the bundle's run section.
+        baseline_model, ran = _baseline_model(context, baseline, data)
+        model = restored[0] if restored else baseline_model
+        # The teacher is the baseline itself, also when the trial continues from a checkpoint.
+        teacher = _baseline_model(context, baseline, data)[0] if schedule.distill else None
         on_stage = _StageReporter(context, schedule, run, threads, ran)
         try:
             run_schedule(
@@ -93,10 +102,24 @@ def run_trial(
                 seed=context.seed,
                 state=state,
                 on_stage=on_stage,
+                teacher=teacher,
             )
         finally:
             if not run.closed:
                 _tag_cuda(run)
+
+
+def _baseline_model(
+    context: TrialContext, baseline: dict[str, torch.Tensor], data: Dataset
+) -> tuple[torch.nn.Module, ModelInfo]:
+    size = int(data.train.images.shape[2])  # (N, 3, H, W)
+    return model_from_state(context.model, baseline, data.num_classes, size)
+
+
+def model_params(model: ModelInfo) -> dict[str, Any]:
+    """The model as MLflow params: model.arch, model.width, model.num_classes, model.kwargs.*."""
+    flat = {f"model.{k}": v for k, v in model.to_dict().items() if k != "kwargs"}
+    return flat | {f"model.kwargs.{k}": v for k, v in model.kwargs}
 
 
 def _trial_run(
@@ -109,6 +132,7 @@ def _trial_run(
     """This trial's MLflow run (a child of the search's), tagged with where it runs."""
     trial = tune.get_context()
     tags = {
+        "arch": context.model.arch,
         "node": platform.node(),
         "node_ip": ray.util.get_node_ip_address(),
         "ray_node_id": ray.get_runtime_context().get_node_id(),
@@ -141,7 +165,9 @@ class _StageReporter:
     model: ModelInfo  # what ran, for the final bundle's run section
 
     def __call__(self, result: StageResult, pruned: torch.nn.Module, state: RunState) -> None:
-        metrics = result.metrics() | {"cost": float(result.epochs_used)}
+        # "cost" is what Optuna minimises and ASHA's time: the chosen objective's metric
+        metrics = result.metrics()
+        metrics["cost"] = metrics[COSTS[self.context.cost].metric]
         self.run.log_metrics(metrics, step=result.stage)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)

@@ -4,6 +4,7 @@ MLflow); each command's options sit right above what it does."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,13 @@ from pruning import schedule as schedule_io
 from pruning.data import DataSpec, load_dataset
 from pruning.devices import resolve_device
 from pruning.importance import IMPORTANCES
-from pruning.models import load_checkpoint, load_vgg19, vgg19
-from pruning.pretrain import load_pretrain_config
+from pruning.models import MODELS, build_model, example_input, model_entry, save_pruned
+from pruning.pretrain import load_pretrain_config, parse_override
 from pruning.pretrain import pretrain as run_pretrain
 from pruning.prune import MIN_CHANNEL_RATIO, MIN_CHANNELS, RANKINGS, prune_to_speedup
+from pruning.replay import check_teacher, replay_model
 from pruning.replay import replay as run_replay
-from pruning.replay import replay_model
-from pruning.run_info import RunInfo
+from pruning.run_info import ModelInfo, RunInfo, model_from_checkpoint
 from pruning.runner import StageResult
 from pruning.train import evaluate
 from search.cli.options import add_data_args, command, data_spec
@@ -37,19 +38,36 @@ def _add_prune(sub: Any) -> None:
     p = command(
         sub,
         "prune",
-        "prune a VGG19 to an exact MACs speed-up and print the report",
+        "prune a model of the registry to an exact MACs speed-up and print the report",
         """
-Prune a VGG19 (random-init or from a checkpoint) to an exact MACs speed-up and
-print per-layer widths before and after, MACs, params and the time taken. With
---data, also print validation accuracy before and right after pruning.
+Prune a model of the registry (--arch: VGG19 by default; random-init or from a
+checkpoint) to an exact MACs speed-up and print per-layer widths before and
+after, MACs, params and the time taken. Coupled layers (residual adds,
+depthwise groups) are pruned together. With --data, also print validation
+accuracy before and right after pruning.
 """,
         "prunetune prune --speedup 8.84 --width 0.25 --num-classes 10",
+        "prunetune prune --arch resnet56 --speedup 2.5 --num-classes 10",
+        "prunetune prune --arch torchvision:resnet50 --speedup 2 --input-size 64",
         "prunetune prune --speedup 8.84 --checkpoint baseline.pt --data cifar100:~/data --json",
     )
+    add_model_args(p)
     p.add_argument("--speedup", type=float, required=True, help="MACs ratio to land on, e.g. 8.84")
-    p.add_argument("--width", type=float, help="channel multiplier of a random-init model (1.0)")
-    p.add_argument("--num-classes", type=int, help="classes of a random-init model (100)")
-    p.add_argument("--checkpoint", type=Path, help="state dict of an (unpruned) VGG19")
+    p.add_argument(
+        "--num-classes", type=int, help="classes of the model (default: the data's, else 100)"
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        metavar="PIXELS",
+        help="side of the example input (default: the data's, else the model's: 32 for the "
+        "CIFAR models, 224 for torchvision ones)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="state dict of the (unpruned) model, or a pruned model saved by prunetune",
+    )
     # No argparse choices for --importance: the registry's error suggests the closest name.
     p.add_argument(
         "--importance",
@@ -69,15 +87,60 @@ print per-layer widths before and after, MACs, params and the time taken. With
         default=MIN_CHANNEL_RATIO,
         help=f"per-layer floor as a fraction of the layer's channels (default {MIN_CHANNEL_RATIO})",
     )
-    p.add_argument("--out", type=Path, help="also write the pruned state dict here")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="also write the pruned model here (structure + weights: pruning.models.load_pruned)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     add_data_args(p)
     p.set_defaults(handler=prune)
 
 
+def add_model_args(p: argparse.ArgumentParser, width: bool = True) -> None:
+    """--arch and --kwarg (and --width): the model, named as the registry names it."""
+    # No argparse choices: the registry's error suggests the closest name, and torchvision:NAME
+    # and module.path:callable are open-ended.
+    p.add_argument(
+        "--arch",
+        help=f"model: one of {', '.join(MODELS.names())}, torchvision:NAME (e.g. "
+        "torchvision:resnet18) or module.path:callable (your own factory); default vgg19",
+    )
+    p.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument of a torchvision model or your factory (repeatable; YAML value)",
+    )
+    if width:
+        p.add_argument("--width", type=float, help="channel multiplier of the model (1.0)")
+
+
+def model_info(args: argparse.Namespace, base: ModelInfo | None = None) -> ModelInfo:
+    """--arch, --width, --num-classes and --kwarg on top of `base` (a file's model section)."""
+    base = base or ModelInfo()
+    kwargs = dict(base.kwargs) if args.arch in (None, base.arch) else {}
+    for text in args.kwarg:
+        path, value = parse_override(text)
+        kwargs[".".join(path)] = value
+    return ModelInfo(
+        args.arch or base.arch,
+        getattr(args, "width", None) or base.width,
+        getattr(args, "num_classes", None) or base.num_classes,
+        kwargs,
+    )
+
+
+def output_classes(model: torch.nn.Module) -> int:
+    """The classes a model predicts: its last linear layer's outputs."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return linears[-1].out_features if linears else -1
+
+
 def check_classes(model: torch.nn.Module, num_classes: int, data: str) -> None:
-    outputs = model.classifier.out_features
+    outputs = output_classes(model)
     if outputs != num_classes:
         raise ValueError(
             f"the model predicts {outputs} classes but the data has {num_classes} "
@@ -85,39 +148,44 @@ def check_classes(model: torch.nn.Module, num_classes: int, data: str) -> None:
         )
 
 
-def _model_for_prune(args: argparse.Namespace) -> torch.nn.Module:
+def _model_for_prune(
+    args: argparse.Namespace, num_classes: int | None, size: int | None
+) -> torch.nn.Module:
+    info = model_info(args)
+    classes = info.num_classes or num_classes or 100
     if args.checkpoint is None:
         torch.manual_seed(0)  # a random-init model: the same weights, so the same pruning, each run
-        return vgg19(num_classes=args.num_classes or 100, width=args.width or 1.0)
-    if args.width is None and args.num_classes is None:
-        return load_vgg19(args.checkpoint)
-    return load_checkpoint(vgg19(args.num_classes or 100, args.width or 1.0), args.checkpoint)
+        return build_model(info.spec(classes, size))
+    return model_from_checkpoint(args.checkpoint, info, classes, size)[0]
 
 
 def prune(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
-    model = _model_for_prune(args).eval()
     spec = data_spec(args)
     data = load_dataset(spec, device) if spec else None
-    result: dict[str, Any] = {}
+    size = args.input_size or (int(data.train.images.shape[2]) if data else None)
+    model = _model_for_prune(args, data.num_classes if data else None, size).eval()
+    model_spec = model.prunetune_spec
+    result: dict[str, Any] = {"model": model_spec.to_dict()}
     if data is not None:
         say(f"data: {data.description}")
         check_classes(model, data.num_classes, data.description)
         result["val_acc_before"], _ = evaluate(model, data.val, data.mean, data.std, device)
     report = prune_to_speedup(
         model.cpu(),
-        torch.zeros(1, 3, 32, 32),
+        example_input(model_spec),
         args.speedup,
         importance=args.importance,
         ranking=args.ranking,
         min_channels=args.min_channels,
         min_channel_ratio=args.min_channel_ratio,
+        ignored_layers=model_entry(model_spec.arch).ignored_layers(model),
     )
     if data is not None:
         result["val_acc_after_prune"], _ = evaluate(model, data.val, data.mean, data.std, device)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.out)
+        save_pruned(args.out, model.cpu(), model_spec)
     result |= {
         "base_macs": report.base_macs,
         "macs": report.macs,
@@ -131,16 +199,18 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": report.seconds,
     }
     if not args.json:
+        say(f"model: {model_spec.describe()}")
         print(format_prune_report(result))
     return result
 
 
 def format_prune_report(r: dict[str, Any]) -> str:
-    lines = [f"{'layer':<12} {'before':>7} {'after':>7} {'kept':>6}"]
+    w = max(12, *(len(n) for n in r["widths_before"]))  # the model's own layer names
+    lines = [f"{'layer':<{w}} {'before':>7} {'after':>7} {'kept':>6}"]
     for name, before in r["widths_before"].items():
         after = r["widths"][name]
         mark = "  <- narrowest" if name == r["narrowest"] else ""
-        lines.append(f"{name:<12} {before:>7} {after:>7} {after / before:>6.1%}{mark}")
+        lines.append(f"{name:<{w}} {before:>7} {after:>7} {after / before:>6.1%}{mark}")
     lines += [
         f"MACs    {r['base_macs'] / 1e6:9.2f}M -> {r['macs'] / 1e6:.2f}M  "
         f"speed-up {r['speedup']:.3f}x (target {r['target_speedup']:.3f}x)",
@@ -161,13 +231,16 @@ def _add_pretrain(sub: Any) -> None:
         "pretrain",
         "train the unpruned baseline from a YAML config",
         """
-Train the unpruned VGG19 baseline (best epoch chosen on validation) and write
-baseline.pt and metrics.json to the config's `out` folder. Shows a progress bar
-per epoch.
+Train the unpruned baseline, the config's `model: {arch, width, num_classes,
+kwargs}` (VGG19 by default; --arch and --kwarg override it), with the best epoch
+chosen on validation, and write baseline.pt (a plain state dict) and
+metrics.json to the config's `out` folder. Shows a progress bar per epoch.
 """,
         "prunetune pretrain experiments/demo.yaml",
         "prunetune pretrain experiments/demo.yaml epochs=2 data.train_subset=2000",
+        "prunetune pretrain experiments/demo.yaml --arch resnet56 model.width=0.25",
     )
+    add_model_args(p, width=False)
     p.add_argument("config", type=Path, help="pretrain config YAML")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. epochs=5 data.name=cifar10"
@@ -178,7 +251,9 @@ per epoch.
 
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     config = load_pretrain_config(args.config, args.overrides)
-    say(f"pretraining VGG19 x{config.width} for {config.epochs} epochs -> {config.out}")
+    if args.arch or args.kwarg:
+        config = dataclasses.replace(config, model=model_info(args, config.model))
+    say(f"pretraining {config.model.describe()} for {config.epochs} epochs -> {config.out}")
     bar = EpochBar([("pretrain", config.epochs)])
     try:
         metrics = run_pretrain(config, on_epoch=bar)
@@ -212,6 +287,10 @@ an exported trial it reproduces that trial's accuracy.
         "--checkpoint", type=Path, help="baseline state dict (default: the file's run.checkpoint)"
     )
     p.add_argument("--width", type=float, help="width of a random-init model when no checkpoint")
+    p.add_argument(
+        "--arch",
+        help="model of a random-init replay (default: the file's run.model.arch, else vgg19)",
+    )
     p.add_argument("--seed", type=int, help="default: the file's run.seed, else 0")
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: the file's run.threads)"
@@ -234,9 +313,18 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or (run.threads if run else None)
     if threads:
         torch.set_num_threads(int(threads))
-    data = load_dataset(spec, device)
     checkpoint = str(args.checkpoint) if args.checkpoint else (run.checkpoint if run else None)
-    start = replay_model(checkpoint, run, num_classes=data.num_classes, width=args.width, seed=seed)
+    check_teacher(schedule, checkpoint)
+    data = load_dataset(spec, device)
+    start = replay_model(
+        checkpoint,
+        run,
+        num_classes=data.num_classes,
+        width=args.width,
+        seed=seed,
+        arch=args.arch,
+        input_size=int(data.train.images.shape[2]),
+    )
     for warning in start.warnings:
         say(warning)
     if start.checkpoint is None:
@@ -257,8 +345,12 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         say(
             f"stage {r.stage}/{len(schedule.stages)}: {r.speedup:.3f}x  "
             f"MACs {r.macs / 1e6:.2f}M  params {r.params / 1e6:.3f}M  "
-            f"val acc after prune {r.val_acc_after_prune:.2%} -> after fine-tune {r.val_acc:.2%}"
+            f"val acc after prune {r.val_acc_after_prune:.2%}{recal(r)} -> after fine-tune "
+            f"{r.val_acc:.2%}  compute {r.train_tmacs:.4g} TMACs"
         )
+
+    def recal(r: StageResult) -> str:
+        return f" (BN recalibrated {r.val_acc_after_recal:.2%})" if r.bn_recal_images else ""
 
     try:
         metrics = run_replay(

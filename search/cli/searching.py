@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from pruning.compute import CostObjective
 from pruning.data import check_root
 from search.cli.options import command, out_folder, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
@@ -22,7 +23,7 @@ from search.progress import say
 from search.report.data import read_report_data
 from search.report.html import build_html
 from search.space import describe_space
-from search.trials import TrialRow, load_rows, rows_with_ray_fallback, tag_front
+from search.trials import TrialRow, load_rows, rows_with_ray_fallback, search_cost, tag_front
 from trainables import tracking
 
 
@@ -41,7 +42,8 @@ def _add_search(sub: Any) -> None:
         """
 Search pruning schedules described by an experiment YAML: each trial applies
 one schedule to the baseline and reports per stage; Optuna proposes the next
-(accuracy up, fine-tune epochs down). Without --address a local Ray cluster
+(accuracy up, cost down: the config's `cost`, fine-tune compute in TMACs by
+default, or epochs). Without --address a local Ray cluster
 starts; without --mlflow-uri MLflow uses sqlite in the experiment's out folder.
 Prints one line per trial event (finished/running/failed and the best so far),
 then the Pareto front; logs the front, its plots and report.html to the
@@ -112,6 +114,7 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
 def _dry_run(config: ExperimentConfig) -> dict[str, Any]:
     """The resolved config and the search space on stdout; nothing is run or written."""
     resolved = {
+        "model": config.model_spec.describe(),
         "config": config_to_dict(config),
         "search_space": describe_space(config.space),
         "tracking_uri": config.tracking_uri,
@@ -126,37 +129,39 @@ def finish_search(
 ) -> dict[str, Any]:  # type: ignore[assignment]
     """Front from MLflow's completed runs: tag it, log table, plots and report to the parent,
     print it. The plots show the knee, the default export pick."""
-    uri = config.tracking_uri
+    uri, cost = config.tracking_uri, config.cost_objective
     rows, from_mlflow = rows_with_ray_fallback(config)  # copies trials MLflow missed
     if not from_mlflow:
         say(
             "the trials' results are kept in Ray's storage; once the tracking server is back, "
             "`prunetune pareto` with this config copies them into MLflow"
         )
-        say(format_front(rows, front(rows)))
+        say(format_front(rows, front(rows), cost))
         return {"front": front_json(front(rows)), "trials": len(rows), "mlflow": False}
     for row in rows:
         if row.trial_id in reference_ids:
             tracking.set_tags(uri, row.run_id, {"reference": "true"})
-    rows = load_rows(uri, config.experiment_name, parent_id)
+    rows = load_rows(uri, config.experiment_name, parent_id, cost)
     on_front = front(rows)
     tag_front(uri, rows, on_front)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "pareto.json").write_text(json.dumps(front_json(on_front), indent=2))
-        (folder / "pareto.txt").write_text(format_front(rows, on_front) + "\n")
-        _plots_and_report(uri, config.experiment_name, parent_id, folder)
+        (folder / "pareto.txt").write_text(format_front(rows, on_front, cost) + "\n")
+        _plots_and_report(uri, config.experiment_name, parent_id, folder, cost)
         tracking.log_artifacts(uri, parent_id, folder)
     tracking.finish_run(uri, parent_id)
-    say(format_front(rows, on_front))
+    say(format_front(rows, on_front, cost))
     return {"front": front_json(on_front), "trials": len(rows)}
 
 
-def _plots_and_report(uri: str, experiment: str, parent_id: str, folder: Path) -> None:
+def _plots_and_report(
+    uri: str, experiment: str, parent_id: str, folder: Path, cost: CostObjective
+) -> None:
     """The plots (the knee as the pick) and report.html. Best effort: a search that ran for hours
     still ends, with its front logged, when a picture cannot be made."""
     try:
-        data = read_report_data(uri, experiment, Pick("knee"), "knee", folder, parent_id)
+        data = read_report_data(uri, experiment, Pick("knee"), "knee", folder, parent_id, cost)
         (folder / "report.html").write_text(build_html(data))
     except Exception as err:
         say(f"warning: no plots or report.html for this search ({err}); try `prunetune report`")
@@ -188,7 +193,8 @@ def _add_pick(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pick",
         default="knee",
-        help="the trial to export or show: max-acc, knee (default) or max-acc-under-cost=EPOCHS",
+        help="the trial to export or show: max-acc, knee (default) or max-acc-under-cost=X, "
+        "X in the search's cost unit (TMACs for cost: compute, epochs for cost: epochs)",
     )
 
 
@@ -211,6 +217,14 @@ def _where(args: argparse.Namespace) -> tuple[str, str, Path]:
         where = args.mlflow_uri, args.experiment, Path("runs", args.experiment).resolve()
     _check_store(where[0])
     return where
+
+
+def _cost(args: argparse.Namespace, uri: str, experiment: str) -> CostObjective:
+    """The cost objective to rank by: the config's (`cost`, overridable), or for an experiment
+    name the one its latest search chose."""
+    if Path(args.experiment).is_file():
+        return load_config(args.experiment, args.overrides).cost_objective
+    return search_cost(uri, tracking.latest_parent(uri, experiment))
 
 
 def _check_store(uri: str) -> None:
@@ -247,7 +261,8 @@ def _add_pareto(sub: Any) -> None:
         "pareto",
         "print the Pareto front of a search and tag it in MLflow",
         "Read a search's trials back from MLflow, print the front of validation\n"
-        "accuracy (max) against fine-tune epochs (min) and tag its runs pareto=true.\n"
+        "accuracy (max) against the search's cost (min: fine-tune compute in TMACs,\n"
+        "or epochs, as its config's `cost` says) and tag its runs pareto=true.\n"
         "Failed or early-stopped trials never count.",
         "prunetune pareto experiments/demo_search.yaml",
         "prunetune pareto vgg19-cifar100-8x --mlflow-uri http://127.0.0.1:5000 --json",
@@ -260,14 +275,16 @@ def pareto(args: argparse.Namespace) -> dict[str, Any]:
     if ray_rows is not None:
         on_front = front(ray_rows)
         if not args.json:
-            print(format_front(ray_rows, on_front))
+            cost = load_config(args.experiment, args.overrides).cost_objective
+            print(format_front(ray_rows, on_front, cost))
         return {"front": front_json(on_front), "trials": len(ray_rows), "source": "ray"}
     uri, experiment, _ = _where(args)
-    rows = load_rows(uri, experiment)
+    cost = _cost(args, uri, experiment)
+    rows = load_rows(uri, experiment, cost=cost)
     on_front = front(rows)
     tag_front(uri, rows, on_front)
     if not args.json:
-        print(format_front(rows, on_front))
+        print(format_front(rows, on_front, cost))
     return {"front": front_json(on_front), "trials": len(rows)}
 
 
@@ -280,7 +297,7 @@ def _add_export(sub: Any) -> None:
         "report.md, its plots (pareto.png, widths.png, accuracy.png,\n"
         "accuracy_front.png) and the search's report.html to --out.",
         "prunetune export experiments/demo_search.yaml --pick knee --out runs/demo/export",
-        "prunetune export experiments/demo_search.yaml --pick max-acc-under-cost=3 --out best/",
+        "prunetune export experiments/demo_search.yaml --pick max-acc-under-cost=1.5 --out best/",
     )
     _add_pick(p)
     p.add_argument("--out", type=Path, required=True, help="folder to write")
@@ -302,15 +319,16 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         )
         return metrics | {"out": str(out)}
     uri, experiment, _ = _where(args)
-    pick(load_rows(uri, experiment), how)  # nothing completed: the error, before any work
+    cost = _cost(args, uri, experiment)
+    pick(load_rows(uri, experiment, cost=cost), how)  # nothing completed: the error, first
     with writing_into(out):
-        data = read_report_data(uri, experiment, how, args.pick, out)
+        data = read_report_data(uri, experiment, how, args.pick, out, cost=cost)
         row = data.pick
         assert row is not None
         metrics = export_trial(uri, row, out, args.pick)
         (out / "report.html").write_text(build_html(data))
     say(
-        f"exported trial {row.trial_id} ({row.val_acc:.2%}, {row.cost:g} epochs) to {out} "
+        f"exported trial {row.trial_id} ({row.val_acc:.2%}, {cost.format(row.cost)}) to {out} "
         f"with its plots and report.html; replay it with: "
         f"prunetune replay {out / 'schedule.yaml'}"
     )
@@ -344,8 +362,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
             "tracking server (`prunetune pareto` shows the front from Ray's storage meanwhile)"
         )
     out = out_folder(args.out or out_dir, "--out")
+    cost = _cost(args, uri, experiment)
     with tempfile.TemporaryDirectory() as tmp:
-        data = read_report_data(uri, experiment, how, args.pick, Path(tmp))
+        data = read_report_data(uri, experiment, how, args.pick, Path(tmp), cost=cost)
     path = out / "report.html"
     with writing_into(out):
         path.write_text(build_html(data))
