@@ -1,8 +1,13 @@
 """Run a schedule: (optional sparse training) then, per stage, prune -> evaluate -> fine-tune ->
-evaluate. Plain PyTorch: the Ray trainable and `prunetune replay` both call this."""
+evaluate. Plain PyTorch: the Ray trainable and `prunetune replay` both call this.
+
+A schedule that distills (schedule.distill) fine-tunes against a frozen copy of the unpruned
+model taken before anything trains or prunes it; a run continued from a stage checkpoint is
+handed that baseline again as `teacher`."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -10,7 +15,7 @@ import torch
 from torch import nn
 
 from pruning.data import BatchLoader, Dataset
-from pruning.prune import PruneReport, prune_to_speedup, sparsity_regularizer
+from pruning.prune import PruneReport, count_macs_params, prune_to_speedup, sparsity_regularizer
 from pruning.schedule import Schedule, Stage
 from pruning.train import evaluate, fit
 
@@ -47,6 +52,32 @@ class RunState:
     done: int = 0
     epochs_used: int = 0
     train_seconds: float = 0.0
+    teacher_macs: int = 0  # MACs per image of the distillation teacher (0: no distillation)
+
+
+def _teacher(
+    model: nn.Module,
+    schedule: Schedule,
+    state: RunState,
+    teacher: nn.Module | None,
+    example: torch.Tensor,
+) -> nn.Module | None:
+    """The frozen unpruned model a distilling schedule learns from (None when it does not
+    distill): `teacher` when given, else a copy of `model` before it trains or prunes. A run
+    continued after stage `state.done` > 0 has no unpruned model left to copy."""
+    if schedule.distill is None:
+        return None
+    if teacher is None:
+        if state.done > 0:
+            raise ValueError(
+                f"distill={schedule.distill} needs the unpruned baseline as teacher: a run "
+                f"continued after stage {state.done} must be given it (run_schedule(teacher=...))"
+            )
+        teacher = copy.deepcopy(model)
+    teacher.eval().requires_grad_(False)
+    device = next(teacher.parameters()).device
+    state.teacher_macs = count_macs_params(teacher, example.to(device))[0]
+    return teacher
 
 
 def _loader(data: Dataset, schedule: Schedule, seed: int) -> BatchLoader:
@@ -115,8 +146,10 @@ def _fine_tune(
     seed: int,
     device: torch.device,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
+    teacher: nn.Module | None = None,
 ) -> float:
-    """The stage's fine-tune (0 epochs: nothing); returns its training seconds."""
+    """The stage's fine-tune (0 epochs: nothing), distilled from `teacher` when the schedule
+    says so; returns its training seconds."""
     fitted = fit(
         model,
         _loader(data, schedule, seed),
@@ -126,6 +159,8 @@ def _fine_tune(
         training=schedule.training,
         device=device,
         on_epoch=on_epoch,
+        distill=schedule.distill if teacher is not None else None,
+        teacher=teacher,
     )
     return fitted.seconds
 
@@ -146,14 +181,16 @@ def _run_stage(
     seed: int,
     example: torch.Tensor,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
+    teacher: nn.Module | None = None,
 ) -> StageResult:
-    """Stage `index` (0-based): prune, evaluate, fine-tune, evaluate, report."""
+    """Stage `index` (0-based): prune, evaluate, fine-tune (distilled from `teacher` when
+    given), evaluate, report."""
     stage = schedule.stages[index]
     stage_seed = seed + index + 1  # its own RNG, so a resumed run takes the same path
     torch.manual_seed(stage_seed)
     pruned = _prune(model, schedule, stage.speedup, state, example)
     acc_after_prune, _ = _validate(model, data, device)
-    seconds = _fine_tune(model, data, schedule, stage, stage_seed, device, on_epoch)
+    seconds = _fine_tune(model, data, schedule, stage, stage_seed, device, on_epoch, teacher)
     acc, loss = _validate(model, data, device)
     state.done, state.epochs_used = index + 1, state.epochs_used + stage.epochs
     state.train_seconds += seconds
@@ -186,16 +223,19 @@ def run_schedule(
     state: RunState | None = None,
     on_stage: Callable[[StageResult, nn.Module, RunState], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[StageResult]:
     """Apply `schedule` to `model` in place, from stage `state.done` on (0: from the start).
 
     `on_stage` sees each finished stage with the pruned model and the state to checkpoint.
     Every stage seeds its own RNG (seed + stage), so a run continued from a checkpoint takes
-    the same path as one that never stopped.
+    the same path as one that never stopped. `teacher`: the unpruned baseline a distilling
+    schedule learns from (default: a copy of `model` when starting from stage 0).
     """
     state = state or RunState()
     h, w = data.train.images.shape[2:]
     example = torch.zeros(1, 3, h, w)  # (1, 3, H, W): only shapes matter for tracing and MACs
+    teacher = _teacher(model, schedule, state, teacher, example)
     if state.done == 0 and schedule.sparse is not None:
         state.train_seconds += _sparse_phase(model, data, schedule, device, seed, example, on_epoch)
         state.epochs_used += schedule.sparse.epochs
@@ -211,6 +251,7 @@ def run_schedule(
             seed=seed,
             example=example,
             on_epoch=on_epoch,
+            teacher=teacher,
         )
         results.append(result)
         if on_stage is not None:

@@ -5,13 +5,14 @@ A schedule file is the export format of a search and the input of `prunetune rep
     format: prunetune.schedule
     version: 2
     schedule: {target_speedup, importance, ranking, min_channels, min_channel_ratio,
-               sparse, training, stages: [{speedup, epochs, lr, lr_schedule}, ...]}
+               sparse, training, distill, stages: [{speedup, epochs, lr, lr_schedule}, ...]}
     run: {model: {arch, width, num_classes}, data: {...}, seed, checkpoint,
           checkpoint_sha256, threads}       # optional: where it ran (pruning.run_info.RunInfo)
 
 Every key of every section is checked; an unknown one is an error with a did-you-mean. Version 1
 files (the same, with an untyped `run` section of absolute or working-directory paths) are
-migrated on read.
+migrated on read. `distill` is optional (null: plain cross-entropy), so files written before it
+existed read as schedules without distillation.
 
 Speed-ups are MACs ratios against the unpruned model and are cumulative: a stage's `speedup` is
 what the model reaches at the end of that stage.
@@ -104,6 +105,24 @@ class Training:
         )
 
 
+DEFAULT_TEMPERATURE = 4.0  # Hinton et al.'s usual softening for 10-100 classes
+MAX_TEMPERATURE = 100.0  # beyond it every softened distribution is uniform to float precision
+
+
+@dataclass(frozen=True)
+class Distill:
+    """Knowledge distillation from the unpruned baseline during every fine-tune stage: the loss
+    is (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)).
+    T^2 keeps the soft term's gradients on the CE's scale as T grows."""
+
+    alpha: float  # weight of the teacher's term; 0 would be plain CE (write distill: null)
+    temperature: float = DEFAULT_TEMPERATURE
+
+    def __post_init__(self) -> None:
+        number_in("distill.alpha", self.alpha, 0.0, 1.0, low_open=False)
+        number_in("distill.temperature", self.temperature, 0.0, MAX_TEMPERATURE)
+
+
 @dataclass(frozen=True)
 class Schedule:
     target_speedup: float
@@ -116,6 +135,7 @@ class Schedule:
     min_channel_ratio: float = MIN_CHANNEL_RATIO
     sparse: SparseTraining | None = None
     training: Training = field(default_factory=Training)
+    distill: Distill | None = None  # None: fine-tune on plain cross-entropy
 
     def __post_init__(self) -> None:
         number_in("target_speedup", self.target_speedup, 1.0, MAX_SPEEDUP)
@@ -143,6 +163,12 @@ class Schedule:
                 cur,
                 f"speed-ups are cumulative and must increase (stage {i - 1} reaches {prev})",
             )
+        require(
+            self.distill is None or isinstance(self.distill, Distill),
+            "distill",
+            self.distill,
+            "it must be null or a Distill (alpha, temperature)",
+        )
         last = self.stages[-1].speedup
         require(
             math.isclose(last, self.target_speedup, rel_tol=1e-9),
@@ -168,7 +194,8 @@ class Schedule:
     def summary(self) -> str:
         steps = " -> ".join(f"{s.speedup:.3g}x/{s.epochs}ep@{s.lr:g}" for s in self.stages)
         sparse = f"sparse {self.sparse.epochs}ep, " if self.sparse else ""
-        return f"{self.importance}/{self.ranking}, {sparse}{steps}"
+        kd = f", KD a={self.distill.alpha:g} T={self.distill.temperature:g}" if self.distill else ""
+        return f"{self.importance}/{self.ranking}, {sparse}{steps}{kd}"
 
 
 # ---------------------------------------------------------------- builders
@@ -240,6 +267,8 @@ def schedule_from_dict(data: Any) -> Schedule:
         data["sparse"] = build_dataclass(SparseTraining, data["sparse"], "sparse")
     if "training" in data:
         data["training"] = build_dataclass(Training, data["training"], "training")
+    if data.get("distill") is not None:
+        data["distill"] = build_dataclass(Distill, data["distill"], "distill")
     return build_dataclass(Schedule, data, "schedule")
 
 

@@ -1,8 +1,9 @@
 """One training loop for pretraining and fine-tuning, plus evaluation.
 
 SGD with momentum (the DepGraph paper's recipe), an LR schedule from LR_SCHEDULES evaluated
-per iteration, optional label smoothing, an optional sparsity regulariser called between
-backward() and step(), and bf16 autocast + channels_last on CUDA. Build a fresh optimiser for
+per iteration, optional label smoothing, optional distillation from a frozen teacher
+(pruning.schedule.Distill), an optional sparsity regulariser called between backward() and
+step(), and bf16 autocast + channels_last on CUDA. Build a fresh optimiser for
 every call: pruning replaces parameter tensors, so an old optimiser would update dead tensors.
 """
 
@@ -22,7 +23,7 @@ from pruning.data import BatchLoader, Split
 from pruning.registry import Registry
 
 if TYPE_CHECKING:  # pruning.schedule imports LR_SCHEDULES from here
-    from pruning.schedule import Training
+    from pruning.schedule import Distill, Training
 
 # Fractions of the run: the paper decays x0.1 at epochs 60 and 80 of 100.
 STEP_MILESTONES = (0.6, 0.8)
@@ -79,6 +80,37 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """(1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)),
+    batch mean. Logits are (N, classes), taken in fp32 (under autocast they arrive in bf16)."""
+    student, teacher = student.float(), teacher.float()
+    ce = F.cross_entropy(student, y, label_smoothing=label_smoothing)
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student / t, dim=1),
+        F.log_softmax(teacher / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1.0 - alpha) * ce + alpha * t * t * kl
+
+
+def _freeze(teacher: nn.Module, device: torch.device) -> nn.Module:
+    """The teacher on the trial's device with training's memory format, in eval mode (BN uses its
+    running statistics), with no gradients."""
+    teacher = _prepare(teacher, device).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
 def make_optimizer(model: nn.Module, lr: float, training: Training) -> torch.optim.SGD:
     return torch.optim.SGD(
         model.parameters(),
@@ -100,10 +132,19 @@ def fit(
     device: torch.device,
     regularize: Callable[[nn.Module], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    distill: Distill | None = None,
+    teacher: nn.Module | None = None,
 ) -> FitResult:
-    """Train `model` in place for `epochs` epochs; returns timing and per-epoch loss/accuracy."""
+    """Train `model` in place for `epochs` epochs; returns timing and per-epoch loss/accuracy.
+
+    With `distill`, the loss is distillation_loss against `teacher`'s logits (computed without
+    gradients); without it, plain cross-entropy."""
+    if (distill is None) != (teacher is None):
+        raise ValueError("fit: distill and teacher go together (both given or neither)")
     factor = LR_SCHEDULES[lr_schedule]
     model = _prepare(model, device)
+    if teacher is not None:
+        teacher = _freeze(teacher, device)
     optimizer = make_optimizer(model, lr, training)
     steps_per_epoch = max(1, len(loader))
     result = FitResult(epochs=epochs, seconds=0.0, images=0)
@@ -112,6 +153,7 @@ def fit(
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        teacher_finite = torch.ones((), device=device, dtype=torch.bool)
         seen = 0
         for i, (x, y) in enumerate(loader):
             for group in optimizer.param_groups:
@@ -120,7 +162,21 @@ def fit(
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
                 logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=training.label_smoothing)
+                if teacher is None:
+                    loss = F.cross_entropy(logits, y, label_smoothing=training.label_smoothing)
+                else:
+                    assert distill is not None
+                    with torch.no_grad():
+                        soft = teacher(x)
+                    teacher_finite &= torch.isfinite(soft).all()
+                    loss = distillation_loss(
+                        logits,
+                        soft,
+                        y,
+                        alpha=distill.alpha,
+                        temperature=distill.temperature,
+                        label_smoothing=training.label_smoothing,
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if regularize is not None:
@@ -132,9 +188,11 @@ def fit(
         # One host sync per epoch, not per step: a NaN anywhere makes the epoch's sum NaN.
         mean_loss = (loss_sum / max(seen, 1)).item()
         if not math.isfinite(mean_loss):
+            culprit = "" if teacher_finite.item() else " (the teacher's logits were not finite)"
             raise NonFiniteLossError(
-                f"training loss became {mean_loss} in epoch {epoch + 1}/{epochs} at lr={lr:g}; "
-                "the run was stopped. Lower the learning rate or check the data."
+                f"training loss became {mean_loss} in epoch {epoch + 1}/{epochs} at lr={lr:g}"
+                f"{culprit}; the run was stopped. Lower the learning rate or check the data"
+                f"{' and the baseline checkpoint' if culprit else ''}."
             )
         seconds = time.perf_counter() - start
         result.seconds += seconds

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pruning.prune import MIN_CHANNELS
-from pruning.schedule import Schedule, SparseTraining, Stage, Training, schedule_to_dict
+from pruning.schedule import (
+    DEFAULT_TEMPERATURE,
+    Distill,
+    Schedule,
+    SparseTraining,
+    Stage,
+    Training,
+    schedule_to_dict,
+)
 from pruning.validate import did_you_mean, require
 
 SHARE_RANGE = (0.2, 1.0)  # a stage's share of log speed-up / epochs: at most 5x another's
@@ -42,6 +50,9 @@ class Dimension:
     reference: Any  # its value in Torch-Pruning's one-shot recipe (LARGEST: the largest choice)
     help: str
     per_stage: bool = False
+    # The value of a trial config that lacks the key (one from a search run before this
+    # dimension existed); None: the key is required.
+    absent: Any = None
     name: str = ""  # the TrialPoint field; filled in from it
 
     def keys(self, max_stages: int) -> list[str]:
@@ -104,8 +115,10 @@ def _dim(
     reference: Any,
     help: str,
     per_stage: bool = False,
+    absent: Any = None,
 ) -> Any:
-    return field(metadata={"dimension": Dimension(kind, type_, source, reference, help, per_stage)})
+    dim = Dimension(kind, type_, source, reference, help, per_stage, absent)
+    return field(metadata={"dimension": dim})
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,24 @@ class TrialPoint:
     sparse_epochs: int = _dim(
         "choice", int, "sparse_epochs", 0, "sparse-training epochs before the first prune"
     )
+    # A dimension with one choice costs the searcher nothing: Optuna does not sample a
+    # single-valued distribution, so adding these left every earlier search's draws unchanged.
+    distill_alpha: float = _dim(
+        "choice",
+        float,
+        "distill_alphas",
+        0.0,
+        "weight of distillation from the unpruned model (0: none, plain cross-entropy)",
+        absent=0.0,
+    )
+    distill_temperature: float = _dim(
+        "choice",
+        float,
+        "distill_temperatures",
+        LARGEST,
+        "distillation temperature T (unused when distill_alpha is 0)",
+        absent=DEFAULT_TEMPERATURE,
+    )
     split: tuple[float, ...] = _dim(
         "uniform", float, SHARE_RANGE, 1.0, "stage share of log(target speed-up)", per_stage=True
     )
@@ -146,6 +177,8 @@ class TrialPoint:
             if dim.per_stage:
                 stages = _count_stages(config, dim.name)
                 values[dim.name] = tuple(dim.value_type(config[k]) for k in dim.keys(stages))
+            elif dim.name not in config and dim.absent is not None:
+                values[dim.name] = dim.absent
             else:
                 values[dim.name] = dim.value_type(config[dim.name])
         return cls(**values)
@@ -178,7 +211,14 @@ class TrialPoint:
             min_channel_ratio=self.min_channel_ratio,
             sparse=SparseTraining(self.sparse_epochs, sparse_reg) if self.sparse_epochs else None,
             training=training,
+            distill=self.distill(),
         )
+
+    def distill(self) -> Distill | None:
+        """Distillation as the schedule states it: an alpha of 0 is none at all (no teacher)."""
+        if self.distill_alpha == 0:
+            return None
+        return Distill(self.distill_alpha, self.distill_temperature)
 
 
 DIMENSIONS: tuple[Dimension, ...] = tuple(
