@@ -1,5 +1,6 @@
-"""Run a schedule: (optional sparse training) then, per stage, prune -> evaluate -> fine-tune ->
-evaluate. Plain PyTorch: the Ray trainable and `prunetune replay` both call this.
+"""Run a schedule: (optional sparse training) then, per stage, prune -> evaluate -> recalibrate
+BatchNorm -> evaluate -> fine-tune -> evaluate. Plain PyTorch: the Ray trainable and
+`prunetune replay` both call this. Compute is counted as pruning.compute says.
 
 A schedule that distills (schedule.distill) fine-tunes against a frozen copy of the unpruned
 model taken before anything trains or prunes it; a run continued from a stage checkpoint is
@@ -14,10 +15,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from pruning.bn_recal import recal_loader, recalibrate_bn
+from pruning.compute import finetune_tmacs
 from pruning.data import BatchLoader, Dataset
 from pruning.prune import PruneReport, count_macs_params, prune_to_speedup, sparsity_regularizer
 from pruning.schedule import Schedule, Stage
-from pruning.train import evaluate, fit
+from pruning.train import FitResult, evaluate, fit
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,16 @@ class StageResult:
     target_speedup: float
     macs: int
     params: int
-    val_acc_after_prune: float
+    val_acc_after_prune: float  # raw: BN statistics as the unpruned layers left them
+    val_acc_after_recal: float  # after BN recalibration (= val_acc_after_prune when it is off)
+    bn_recal_images: int  # training images the recalibration ran on; 0: it was off
     val_acc: float  # after this stage's fine-tune
     val_loss: float
     epochs: int  # this stage's fine-tune epochs
     epochs_used: int  # cumulative, sparse training included
     train_seconds: float  # cumulative fine-tune (and sparse) seconds
+    stage_tmacs: float  # this stage's fine-tune + recalibration compute, 10^12 MACs
+    train_tmacs: float  # cumulative compute (pruning.compute), sparse training included
     prune_seconds: float
     completed: bool  # True after the schedule's last stage
     widths: dict[str, int]
@@ -52,6 +59,7 @@ class RunState:
     done: int = 0
     epochs_used: int = 0
     train_seconds: float = 0.0
+    train_tmacs: float = 0.0  # cumulative compute, 10^12 MACs (pruning.compute)
     teacher_macs: int = 0  # MACs per image of the distillation teacher (0: no distillation)
 
 
@@ -97,14 +105,16 @@ def _sparse_phase(
     model: nn.Module,
     data: Dataset,
     schedule: Schedule,
+    state: RunState,
     device: torch.device,
     seed: int,
     example: torch.Tensor,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
-) -> float:
-    """Group-sparsity training before the first prune; returns its training seconds."""
+) -> None:
+    """Group-sparsity training before the first prune, counted into `state`."""
     assert schedule.sparse is not None
     torch.manual_seed(seed)
+    macs, _ = count_macs_params(model, example.to(next(model.parameters()).device))
     result = fit(
         model,
         _loader(data, schedule, seed),
@@ -116,7 +126,9 @@ def _sparse_phase(
         regularize=sparsity_regularizer(model, example, schedule.sparse.reg),
         on_epoch=on_epoch,
     )
-    return result.seconds
+    state.train_seconds += result.seconds
+    state.epochs_used += schedule.sparse.epochs
+    state.train_tmacs += finetune_tmacs(macs, result.images_seen)
 
 
 def _prune(
@@ -147,10 +159,10 @@ def _fine_tune(
     device: torch.device,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
     teacher: nn.Module | None = None,
-) -> float:
+) -> FitResult:
     """The stage's fine-tune (0 epochs: nothing), distilled from `teacher` when the schedule
-    says so; returns its training seconds."""
-    fitted = fit(
+    says so."""
+    return fit(
         model,
         _loader(data, schedule, seed),
         epochs=stage.epochs,
@@ -162,12 +174,20 @@ def _fine_tune(
         distill=schedule.distill if teacher is not None else None,
         teacher=teacher,
     )
-    return fitted.seconds
 
 
 def _validate(model: nn.Module, data: Dataset, device: torch.device) -> tuple[float, float]:
     """(accuracy, loss) on the val split."""
     return evaluate(model, data.val, data.mean, data.std, device)
+
+
+def _recalibrate(
+    model: nn.Module, data: Dataset, schedule: Schedule, seed: int, device: torch.device
+) -> int:
+    """BN statistics re-estimated on un-augmented training batches (their own generator, so the
+    fine-tune's batches and the global RNG are untouched); returns the images it ran on."""
+    loader = recal_loader(data.train, schedule.training.batch_size, data.mean, data.std, seed)
+    return recalibrate_bn(model, loader, schedule.bn_recalibration_batches, device)
 
 
 def _run_stage(
@@ -190,10 +210,15 @@ def _run_stage(
     torch.manual_seed(stage_seed)
     pruned = _prune(model, schedule, stage.speedup, state, example)
     acc_after_prune, _ = _validate(model, data, device)
-    seconds = _fine_tune(model, data, schedule, stage, stage_seed, device, on_epoch, teacher)
+    recal_images = _recalibrate(model, data, schedule, stage_seed, device)
+    acc_after_recal = _validate(model, data, device)[0] if recal_images else acc_after_prune
+    fitted = _fine_tune(model, data, schedule, stage, stage_seed, device, on_epoch, teacher)
     acc, loss = _validate(model, data, device)
+    teacher_macs = state.teacher_macs if teacher is not None else 0
+    tmacs = finetune_tmacs(pruned.macs, fitted.images_seen, teacher_macs, recal_images)
     state.done, state.epochs_used = index + 1, state.epochs_used + stage.epochs
-    state.train_seconds += seconds
+    state.train_seconds += fitted.seconds
+    state.train_tmacs += tmacs
     return StageResult(
         stage=index + 1,
         speedup=pruned.speedup,
@@ -201,11 +226,15 @@ def _run_stage(
         macs=pruned.macs,
         params=pruned.params,
         val_acc_after_prune=acc_after_prune,
+        val_acc_after_recal=acc_after_recal,
+        bn_recal_images=recal_images,
         val_acc=acc,
         val_loss=loss,
         epochs=stage.epochs,
         epochs_used=state.epochs_used,
         train_seconds=state.train_seconds,
+        stage_tmacs=tmacs,
+        train_tmacs=state.train_tmacs,
         prune_seconds=pruned.seconds,
         completed=index + 1 == len(schedule.stages),
         widths=pruned.widths_after,
@@ -237,8 +266,7 @@ def run_schedule(
     example = torch.zeros(1, 3, h, w)  # (1, 3, H, W): only shapes matter for tracing and MACs
     teacher = _teacher(model, schedule, state, teacher, example)
     if state.done == 0 and schedule.sparse is not None:
-        state.train_seconds += _sparse_phase(model, data, schedule, device, seed, example, on_epoch)
-        state.epochs_used += schedule.sparse.epochs
+        _sparse_phase(model, data, schedule, state, device, seed, example, on_epoch)
     results = []
     for index in range(state.done, len(schedule.stages)):
         result = _run_stage(

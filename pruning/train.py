@@ -41,6 +41,12 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
 
     @property
+    def images_seen(self) -> int:
+        """Training images the model took a step on, all epochs together (each image once per
+        epoch it was drawn in): what pruning.compute.finetune_tmacs counts."""
+        return self.images
+
+    @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 

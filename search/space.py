@@ -22,7 +22,7 @@ from trainables.point import reference_point as reference_of_space
 if TYPE_CHECKING:  # search.config imports SAMPLERS from here
     from search.config import ExperimentConfig, SpaceConfig
 
-OBJECTIVES = {"val_acc": "max", "cost": "min"}  # accuracy after the last stage; epochs spent
+OBJECTIVES = {"val_acc": "max", "cost": "min"}  # last stage's accuracy; the config's cost
 
 # name -> sampler(seed). The space is static (per-stage keys always drawn), so multivariate TPE
 # models the interactions between stages without falling back to random sampling.

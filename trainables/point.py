@@ -128,7 +128,7 @@ class TrialPoint:
 
     n_stages: int = _dim("int", int, "max_stages", 1, "prune -> fine-tune stages")
     total_epochs: int = _dim(
-        "choice", int, "total_epochs", LARGEST, "fine-tune epochs of the trial (the cost objective)"
+        "choice", int, "total_epochs", LARGEST, "fine-tune epochs of the trial (its budget)"
     )
     lr_schedule: str = _dim("choice", str, "lr_schedules", "step", "LR schedule of every stage")
     importance: str = _dim("choice", str, "importances", "group_norm", "channel importance")
