@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from pruning import schedule as schedule_io
 from pruning.compute import COSTS, DEFAULT_COST, CostObjective
 from pruning.models import build_model, example_input
 from pruning.prune import channel_floor, channel_groups, layer_widths
-from pruning.run_info import ModelInfo
+from pruning.run_info import ModelInfo, with_model_section
 from search.pareto import Pick, front, pick
 from search.report.plots import (
     RECAL_KEYS,
@@ -73,6 +75,7 @@ class ReportData:
     schedule_yaml: str  # the pick's schedule file ("" without a pick)
     base_acc: float | None = None
     figures: list[Figure] = field(default_factory=list)
+    model: str = ""  # what the search pruned, e.g. "RESNET56 x0.5" ("" when unknown)
     cost: CostObjective = COSTS[DEFAULT_COST]  # what the front is built on
 
 
@@ -211,6 +214,7 @@ def read_report_data(
     on_front = front(rows)
     chosen = pick(rows, how) if any(r.usable for r in rows) else None
     base_acc = tracking.run_metrics(uri, parent_id).get("base_val_acc")
+    config_yaml = _text(uri, parent_id, "experiment.yaml")
     paths = render_plots(uri, rows, on_front, plots_dir, chosen, how_text, base_acc, cost)
     return ReportData(
         experiment=experiment,
@@ -218,7 +222,7 @@ def read_report_data(
         experiment_id=tracking.experiment_id(uri, experiment),
         parent_run_id=parent_id,
         ui_command=tracking.ui_command(uri),
-        config_yaml=_text(uri, parent_id, "experiment.yaml"),
+        config_yaml=config_yaml,
         search_space=space_from_json(_text(uri, parent_id, "search_space.json")),
         rows=rows,
         front_ids={r.run_id for r in on_front},
@@ -227,8 +231,22 @@ def read_report_data(
         schedule_yaml=_text(uri, chosen.run_id, "final/schedule.yaml") if chosen else "",
         base_acc=base_acc,
         figures=[Figure(CAPTIONS[k], p.read_bytes()) for k, p in paths.items()],
+        model=model_text(config_yaml),
         cost=cost,
     )
+
+
+def model_text(config_yaml: str) -> str:
+    """The model of a search's experiment.yaml (an old one's top-level width: VGG19's)."""
+    raw = yaml.safe_load(config_yaml) if config_yaml.strip() else None
+    if not isinstance(raw, dict):
+        return ""
+    try:
+        return with_model_section({k: raw[k] for k in ("model", "width") if k in raw})[
+            "model"
+        ].describe()
+    except ValueError:
+        return ""
 
 
 def space_from_json(text: str) -> dict[str, str]:

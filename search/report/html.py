@@ -65,7 +65,8 @@ def _section(title: str, body: str) -> str:
 
 def _summary(data: ReportData) -> str:
     usable = [r for r in data.rows if r.usable]
-    items = [
+    items = [f"model: {data.model}"] if data.model else []
+    items += [
         f"{len(data.rows)} trials, {len(usable)} completed their schedule, "
         f"{len(data.front_ids)} on the Pareto front of validation accuracy (max) against "
         f"{data.cost.axis()} (min)",
