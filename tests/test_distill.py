@@ -14,9 +14,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from pruning import schedule as schedule_io
 from pruning.data import BatchLoader, DataSpec, load_dataset
-from pruning.models import vgg19, vgg19_from_state_dict
+from pruning.models import load_pruned, vgg19, vgg19_from_state_dict
 from pruning.prune import count_macs_params
-from pruning.replay import check_teacher, replay
+from pruning.replay import check_teacher, replay, replay_model
 from pruning.run_info import ModelInfo, RunInfo
 from pruning.runner import RunState, run_schedule
 from pruning.schedule import Distill, Schedule, Stage, Training
@@ -172,9 +172,9 @@ def test_replay_with_distillation_is_bit_exact(tmp_path: Path, data, baseline) -
     two = Schedule(4.0, (Stage(2.0, 1, 0.02), Stage(4.0, 1, 0.02)), training=TRAINING, distill=KD)
     outs = []
     for name in ("a", "b"):
-        model = vgg19_from_state_dict(baseline)
-        metrics = replay(two, model, data, out=tmp_path / name, run=run, device=CPU, seed=5)
-        outs.append((metrics, torch.load(tmp_path / name / "pruned.pt")))
+        start = replay_model(str(checkpoint), run, num_classes=4, width=None, seed=5)
+        metrics = replay(two, start.model, data, out=tmp_path / name, run=run, device=CPU, seed=5)
+        outs.append((metrics, load_pruned(tmp_path / name / "pruned.pt").state_dict()))
     (m1, w1), (m2, w2) = outs
     assert m1["val_acc"] == m2["val_acc"] and m1["val_loss"] == m2["val_loss"]
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
@@ -294,6 +294,16 @@ def test_space_settings_are_checked_and_shown(tmp_path: Path) -> None:
         | {"reference_trial": False}
     )
     assert known_points(fixed) == []
+
+
+def test_dry_run_shows_the_distillation_dimensions(capsys) -> None:
+    from search.cli import main
+
+    demo = Path(__file__).parents[1] / "experiments" / "demo_search.yaml"
+    assert main(["search", str(demo), "--dry-run", "space.distill_alphas=[0.0,0.5]"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)["search_space"]
+    assert shown["distill_alpha"].startswith("one of [0.0, 0.5]")
+    assert shown["distill_temperature"].startswith("one of [4.0]")
 
 
 def test_a_space_without_distillation_draws_the_demos_points(tmp_path: Path) -> None:
