@@ -62,7 +62,7 @@ class SpaceConfig:
         positive_int("space.max_stages", self.max_stages, minimum=1)
         _choices("space.total_epochs", self.total_epochs)
         for e in self.total_epochs:
-            positive_int("space.total_epochs[]", e, minimum=1)
+            positive_int("space.total_epochs[]", e, minimum=0)  # 0: prune-only trials
         number_in("space.lr_min", self.lr_min, 0.0, 10.0)
         number_in("space.lr_max", self.lr_max, self.lr_min, 10.0, low_open=False)
         _choices("space.lr_schedules", self.lr_schedules, LR_SCHEDULES.names())

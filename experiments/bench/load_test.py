@@ -46,7 +46,7 @@ def experiment(trials: int, concurrency: int, out: Path) -> dict[str, Any]:
         "width": 0.125,
         "data": {"name": "synthetic", "samples": 120, "num_classes": 4, "val_size": 0.2},
         "baseline": {"pretrain_epochs": 1},
-        "space": {"max_stages": 1, "total_epochs": [1]},
+        "space": {"max_stages": 1, "total_epochs": [0]},
         "training": {"batch_size": 128},
         "num_trials": trials,
         "max_concurrent": concurrency,
