@@ -95,8 +95,12 @@ def load_rows(
 
 def tag_front(uri: str, rows: list[TrialRow], on_front: list[TrialRow]) -> None:
     ids = {r.run_id for r in on_front}
-    for r in rows:
-        tracking.set_tags(uri, r.run_id, {"pareto": str(r.run_id in ids).lower()})
+    tracking.concurrently(
+        [
+            lambda r=r: tracking.set_tags(uri, r.run_id, {"pareto": str(r.run_id in ids).lower()})
+            for r in rows
+        ]
+    )
 
 
 def rows_from_ray(config: ExperimentConfig, trials: list[RayTrial]) -> list[TrialRow]:

@@ -148,15 +148,30 @@ def render_plots(
         "pareto": plot_front(rows, on_front, folder / FILES["pareto"], chosen, pick_label, cost)
     }
     if on_front:
+        shown = front_to_draw(on_front, chosen)
+        curves = tracking.concurrently([lambda r=r: curve(uri, r) for r in shown])
+        of = f"{len(shown)} most accurate of {len(on_front)}" if len(shown) < len(on_front) else ""
         paths["accuracy_front"] = plot_schedule_accuracy(
-            {label(r, chosen, cost): curve(uri, r) for r in on_front},
+            {label(r, chosen, cost): c for r, c in zip(shown, curves, strict=True)},
             folder / FILES["accuracy_front"],
-            f"Accuracy through the schedule of the Pareto front ({len(on_front)} trials)",
+            f"Accuracy through the schedule of the Pareto front ({of or len(on_front)} trials)",
             base_acc,
         )
     if chosen is not None:
         paths |= _chosen_plots(uri, chosen, folder, base_acc, cost)
     return {k: paths[k] for k in FILES if k in paths}
+
+
+# More overlaid sawtooth curves than this are unreadable (and each costs a metric read): a front
+# of ties, e.g. many prune-only trials, draws its most accurate trials and the pick.
+MAX_FRONT_CURVES = 12
+
+
+def front_to_draw(on_front: Sequence[TrialRow], chosen: TrialRow | None) -> list[TrialRow]:
+    best = sorted(on_front, key=lambda r: -r.val_acc)[:MAX_FRONT_CURVES]
+    if chosen is not None and chosen in on_front and chosen not in best:
+        best[-1] = chosen
+    return best
 
 
 def _chosen_plots(
