@@ -20,12 +20,12 @@ from typing import Any
 import torch
 import yaml
 
-from pruning.data import BatchLoader, DataSpec, load_dataset
+from pruning.data import Dataset, DataSpec, load_dataset
 from pruning.devices import resolve_device
 from pruning.models import build_model
 from pruning.run_info import ModelInfo, with_model_section
 from pruning.schedule import Training
-from pruning.train import LR_SCHEDULES, evaluate, fit
+from pruning.train import LR_SCHEDULES, FitResult, fit, train_loader, validate
 from pruning.validate import build_dataclass, number_in, positive_int, require
 
 
@@ -93,55 +93,41 @@ def load_pretrain_config(path: str | Path, overrides: list[str] = ()) -> Pretrai
         raise ValueError(f"{path}: {err}") from None
 
 
-def pretrain(
-    config: PretrainConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None
+class _BestEpoch:
+    """The on_epoch hook of pretraining: evaluates on val after every epoch and keeps a CPU copy
+    of the best weights (evaluating costs a pass over val, 10% of train: worth it to keep the
+    best)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data: Dataset,
+        device: torch.device,
+        on_epoch: Callable[[int, dict[str, float]], None] | None,
+    ) -> None:
+        self.model, self.data, self.device, self.on_epoch = model, data, device, on_epoch
+        self.val_acc, self.epoch = -1.0, 0
+        self.state: dict[str, torch.Tensor] = {}
+
+    def __call__(self, epoch: int, stats: dict[str, float]) -> None:
+        stats["val_acc"], stats["val_loss"] = validate(self.model, self.data, self.device)
+        if stats["val_acc"] > self.val_acc:
+            self.val_acc, self.epoch = stats["val_acc"], epoch
+            self.state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, stats)
+
+
+def _write_outputs(
+    config: PretrainConfig, data: Dataset, best: _BestEpoch, fitted: FitResult, start: float
 ) -> dict[str, Any]:
-    """Train, keep the best-on-validation weights, write baseline.pt and metrics.json to `out`."""
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    data = load_dataset(config.data, device)
-    h = data.train.images.shape[2]  # (N, 3, H, W): the model sees the data's size
-    model = build_model(config.model.spec(data.num_classes, h))
-    loader = BatchLoader(
-        data.train,
-        config.training.batch_size,
-        data.mean,
-        data.std,
-        augment=True,
-        shuffle=True,
-        seed=config.seed,
-    )
-    best: dict[str, Any] = {"val_acc": -1.0}
-
-    def track(epoch: int, stats: dict[str, float]) -> None:
-        # Evaluating every epoch costs a pass over val (10% of train): worth it to keep the best.
-        stats["val_acc"], stats["val_loss"] = evaluate(model, data.val, data.mean, data.std, device)
-        if stats["val_acc"] > best["val_acc"]:
-            best.update(
-                val_acc=stats["val_acc"],
-                epoch=epoch,
-                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            )
-        if on_epoch is not None:
-            on_epoch(epoch, stats)
-
-    start = time.perf_counter()
-    fitted = fit(
-        model,
-        loader,
-        epochs=config.epochs,
-        lr=config.lr,
-        lr_schedule=config.lr_schedule,
-        training=config.training,
-        device=device,
-        on_epoch=track,
-    )
+    """baseline.pt (the best epoch's state dict) and metrics.json in config.out; the metrics."""
     out = Path(config.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(best["state"], out / "baseline.pt")
+    torch.save(best.state, out / "baseline.pt")
     metrics = {
-        "val_acc": best["val_acc"],
-        "best_epoch": best["epoch"],
+        "val_acc": best.val_acc,
+        "best_epoch": best.epoch,
         "epochs": config.epochs,
         "model": config.model.to_dict() | {"num_classes": data.num_classes},
         "width": config.model.width,
@@ -156,3 +142,27 @@ def pretrain(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def pretrain(
+    config: PretrainConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None
+) -> dict[str, Any]:
+    """Train, keep the best-on-validation weights, write baseline.pt and metrics.json to `out`."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = load_dataset(config.data, device)
+    h = data.train.images.shape[2]  # (N, 3, H, W): the model sees the data's size
+    model = build_model(config.model.spec(data.num_classes, h))
+    best = _BestEpoch(model, data, device, on_epoch)
+    start = time.perf_counter()
+    fitted = fit(
+        model,
+        train_loader(data, config.training.batch_size, config.seed),
+        epochs=config.epochs,
+        lr=config.lr,
+        lr_schedule=config.lr_schedule,
+        training=config.training,
+        device=device,
+        on_epoch=best,
+    )
+    return _write_outputs(config, data, best, fitted, start)

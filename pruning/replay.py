@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from pruning import schedule as schedule_io
-from pruning.data import Dataset
+from pruning.data import Dataset, DataSpec
 from pruning.models import build_model, save_pruned
 from pruning.run_info import ModelInfo, RunInfo, file_sha256, model_from_checkpoint
 from pruning.runner import RunState, StageResult, run_schedule
 from pruning.schedule import Schedule
-from pruning.train import evaluate
+from pruning.train import validate
 from pruning.validate import require
 
 
@@ -46,6 +46,17 @@ class ReplayModel:
     checkpoint: str | None  # as given (usable from the working directory); None: random init
     sha256: str | None  # of the checkpoint's bytes
     warnings: tuple[str, ...]  # one line each, for the user
+
+    def run_info(self, data: DataSpec, seed: int, threads: int) -> RunInfo:
+        """The run section that records a replay from this model."""
+        return RunInfo(
+            model=self.info,
+            data=data,
+            seed=seed,
+            checkpoint=self.checkpoint,
+            checkpoint_sha256=self.sha256,
+            threads=threads,
+        )
 
 
 def replay_model(
@@ -115,6 +126,37 @@ def _disagree(expected: ModelInfo, found: ModelInfo) -> bool:
     return expected.arch != found.arch or expected.width != found.width or classes
 
 
+class _KeepStages:
+    """run_schedule's on_stage hook for a replay: after every stage, the stage's metrics joined
+    to `metrics`, and pruned.pt and metrics.json rewritten atomically in `out`."""
+
+    def __init__(
+        self,
+        out: Path,
+        metrics: dict[str, Any],
+        on_stage: Callable[[StageResult], None] | None,
+    ) -> None:
+        self.out, self.metrics, self.on_stage = out, metrics, on_stage
+        self.start = time.perf_counter()
+
+    def __call__(self, result: StageResult, pruned: nn.Module, state: RunState) -> None:
+        self.metrics["stages"].append(asdict(result))
+        self.metrics.update(
+            result.metrics(),
+            base_macs=state.base_macs,
+            original_widths=state.original_widths,
+            wall_seconds=time.perf_counter() - self.start,
+        )
+        spec = pruned.prunetune_spec  # set by the registry (build_model, model_from_checkpoint)
+        _atomic_write(self.out / "pruned.pt", lambda p: save_pruned(p, pruned, spec))
+        _atomic_write(
+            self.out / "metrics.json",
+            lambda p: p.write_text(json.dumps(self.metrics, indent=2) + "\n"),
+        )
+        if self.on_stage is not None:
+            self.on_stage(result)
+
+
 def replay(
     schedule: Schedule,
     model: nn.Module,
@@ -130,34 +172,14 @@ def replay(
     check_teacher(schedule, run.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     schedule_io.save(out / "schedule.yaml", schedule, run)
-    start = time.perf_counter()
-    base_acc, _ = evaluate(model, data.val, data.mean, data.std, device)
-    stages: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {
         "data": data.description,
         "schedule": schedule.summary(),
         "seed": seed,
         "device": str(device),
-        "base_val_acc": base_acc,
-        "stages": stages,
     }
-
-    def keep(result: StageResult, pruned: nn.Module, state: RunState) -> None:
-        stages.append(asdict(result))
-        metrics.update(
-            result.metrics(),
-            base_macs=state.base_macs,
-            original_widths=state.original_widths,
-            wall_seconds=time.perf_counter() - start,
-        )
-        spec = pruned.prunetune_spec  # set by the registry (build_model, model_from_checkpoint)
-        _atomic_write(out / "pruned.pt", lambda p: save_pruned(p, pruned, spec))
-        _atomic_write(
-            out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n")
-        )
-        if on_stage is not None:
-            on_stage(result)
-
+    keep = _KeepStages(out, metrics, on_stage)  # the wall clock starts before the baseline's eval
+    metrics |= {"base_val_acc": validate(model, data, device)[0], "stages": []}
     run_schedule(
         model,
         data,

@@ -11,16 +11,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from pruning.bn_recal import recal_loader, recalibrate_bn
 from pruning.compute import finetune_tmacs
-from pruning.data import BatchLoader, Dataset
+from pruning.data import Dataset
 from pruning.prune import PruneReport, count_macs_params, prune_to_speedup, sparsity_regularizer
 from pruning.schedule import Schedule, Stage
-from pruning.train import FitResult, evaluate, fit
+from pruning.train import FitResult, fit, train_loader, validate
 
 
 @dataclass(frozen=True)
@@ -88,19 +89,6 @@ def _teacher(
     return teacher
 
 
-def _loader(data: Dataset, schedule: Schedule, seed: int) -> BatchLoader:
-    """Augmented, shuffled training batches; `seed` fixes their order and crops."""
-    return BatchLoader(
-        data.train,
-        schedule.training.batch_size,
-        data.mean,
-        data.std,
-        augment=True,
-        shuffle=True,
-        seed=seed,
-    )
-
-
 def _sparse_phase(
     model: nn.Module,
     data: Dataset,
@@ -117,7 +105,7 @@ def _sparse_phase(
     macs, _ = count_macs_params(model, example.to(next(model.parameters()).device))
     result = fit(
         model,
-        _loader(data, schedule, seed),
+        train_loader(data, schedule.training.batch_size, seed),
         epochs=schedule.sparse.epochs,
         lr=schedule.sparse.lr,
         lr_schedule="cosine",
@@ -164,7 +152,7 @@ def _fine_tune(
     says so."""
     return fit(
         model,
-        _loader(data, schedule, seed),
+        train_loader(data, schedule.training.batch_size, seed),
         epochs=stage.epochs,
         lr=stage.lr,
         lr_schedule=stage.lr_schedule,
@@ -176,11 +164,6 @@ def _fine_tune(
     )
 
 
-def _validate(model: nn.Module, data: Dataset, device: torch.device) -> tuple[float, float]:
-    """(accuracy, loss) on the val split."""
-    return evaluate(model, data.val, data.mean, data.std, device)
-
-
 def _recalibrate(
     model: nn.Module, data: Dataset, schedule: Schedule, seed: int, device: torch.device
 ) -> int:
@@ -188,6 +171,49 @@ def _recalibrate(
     fine-tune's batches and the global RNG are untouched); returns the images it ran on."""
     loader = recal_loader(data.train, schedule.training.batch_size, data.mean, data.std, seed)
     return recalibrate_bn(model, loader, schedule.bn_recalibration_batches, device)
+
+
+class _Accuracies(NamedTuple):
+    """A stage's val accuracies (in [0, 1]) at each step, and the recalibration's images."""
+
+    after_prune: float
+    after_recal: float
+    recal_images: int
+    after_fine_tune: float
+    loss: float  # val cross-entropy after the fine-tune
+
+
+def _stage_result(
+    index: int,
+    schedule: Schedule,
+    state: RunState,
+    pruned: PruneReport,
+    accs: _Accuracies,
+    stage_tmacs: float,
+) -> StageResult:
+    """Stage `index`'s (0-based) report, with `state`'s cumulative counts."""
+    stage = schedule.stages[index]
+    return StageResult(
+        stage=index + 1,
+        speedup=pruned.speedup,
+        target_speedup=stage.speedup,
+        macs=pruned.macs,
+        params=pruned.params,
+        val_acc_after_prune=accs.after_prune,
+        val_acc_after_recal=accs.after_recal,
+        bn_recal_images=accs.recal_images,
+        val_acc=accs.after_fine_tune,
+        val_loss=accs.loss,
+        epochs=stage.epochs,
+        epochs_used=state.epochs_used,
+        train_seconds=state.train_seconds,
+        stage_tmacs=stage_tmacs,
+        train_tmacs=state.train_tmacs,
+        prune_seconds=pruned.seconds,
+        completed=index + 1 == len(schedule.stages),
+        widths=pruned.widths_after,
+        narrowest=pruned.narrowest,
+    )
 
 
 def _run_stage(
@@ -203,43 +229,24 @@ def _run_stage(
     on_epoch: Callable[[int, dict[str, float]], None] | None,
     teacher: nn.Module | None = None,
 ) -> StageResult:
-    """Stage `index` (0-based): prune, evaluate, fine-tune (distilled from `teacher` when
-    given), evaluate, report."""
+    """Stage `index` (0-based): prune, evaluate, recalibrate BN, evaluate, fine-tune (distilled
+    from `teacher` when given), evaluate, count, report."""
     stage = schedule.stages[index]
     stage_seed = seed + index + 1  # its own RNG, so a resumed run takes the same path
     torch.manual_seed(stage_seed)
     pruned = _prune(model, schedule, stage.speedup, state, example)
-    acc_after_prune, _ = _validate(model, data, device)
+    acc_after_prune, _ = validate(model, data, device)
     recal_images = _recalibrate(model, data, schedule, stage_seed, device)
-    acc_after_recal = _validate(model, data, device)[0] if recal_images else acc_after_prune
+    acc_after_recal = validate(model, data, device)[0] if recal_images else acc_after_prune
     fitted = _fine_tune(model, data, schedule, stage, stage_seed, device, on_epoch, teacher)
-    acc, loss = _validate(model, data, device)
+    acc, loss = validate(model, data, device)
     teacher_macs = state.teacher_macs if teacher is not None else 0
     tmacs = finetune_tmacs(pruned.macs, fitted.images_seen, teacher_macs, recal_images)
     state.done, state.epochs_used = index + 1, state.epochs_used + stage.epochs
     state.train_seconds += fitted.seconds
     state.train_tmacs += tmacs
-    return StageResult(
-        stage=index + 1,
-        speedup=pruned.speedup,
-        target_speedup=stage.speedup,
-        macs=pruned.macs,
-        params=pruned.params,
-        val_acc_after_prune=acc_after_prune,
-        val_acc_after_recal=acc_after_recal,
-        bn_recal_images=recal_images,
-        val_acc=acc,
-        val_loss=loss,
-        epochs=stage.epochs,
-        epochs_used=state.epochs_used,
-        train_seconds=state.train_seconds,
-        stage_tmacs=tmacs,
-        train_tmacs=state.train_tmacs,
-        prune_seconds=pruned.seconds,
-        completed=index + 1 == len(schedule.stages),
-        widths=pruned.widths_after,
-        narrowest=pruned.narrowest,
-    )
+    accs = _Accuracies(acc_after_prune, acc_after_recal, recal_images, acc, loss)
+    return _stage_result(index, schedule, state, pruned, accs, tmacs)
 
 
 def run_schedule(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.data import BatchLoader, Split
+from pruning.data import BatchLoader, Dataset, Split
 from pruning.registry import Registry
 
 if TYPE_CHECKING:  # pruning.schedule imports LR_SCHEDULES from here
@@ -127,6 +127,115 @@ def make_optimizer(model: nn.Module, lr: float, training: Training) -> torch.opt
     )
 
 
+@dataclass
+class _EpochSums:
+    """One epoch's running sums, kept on the device: one host sync per epoch, not per step
+    (a NaN anywhere makes the loss sum NaN)."""
+
+    loss: torch.Tensor  # sum over images of the batch-mean loss x batch size
+    correct: torch.Tensor  # top-1 hits
+    teacher_finite: torch.Tensor  # False once a teacher logit was NaN or infinite
+    seen: int = 0  # images
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> _EpochSums:
+        return cls(
+            torch.zeros((), device=device),
+            torch.zeros((), device=device, dtype=torch.long),
+            torch.ones((), device=device, dtype=torch.bool),
+        )
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += loss.detach() * len(y)
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += len(y)
+
+
+# (logits, x, y, sums) -> the batch's loss; a teacher's non-finite logits are noted in sums.
+_LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, _EpochSums], torch.Tensor]
+
+
+def _loss_fn(training: Training, distill: Distill | None, teacher: nn.Module | None) -> _LossFn:
+    """Plain cross-entropy, or with a teacher distillation_loss against its logits (taken
+    without gradients)."""
+
+    def loss_of(
+        logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sums: _EpochSums
+    ) -> torch.Tensor:
+        if teacher is None:
+            return F.cross_entropy(logits, y, label_smoothing=training.label_smoothing)
+        assert distill is not None
+        with torch.no_grad():
+            soft = teacher(x)
+        sums.teacher_finite &= torch.isfinite(soft).all()
+        return distillation_loss(
+            logits,
+            soft,
+            y,
+            alpha=distill.alpha,
+            temperature=distill.temperature,
+            label_smoothing=training.label_smoothing,
+        )
+
+    return loss_of
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    lr_at: Callable[[int], float],
+    loss_of: _LossFn,
+    regularize: Callable[[nn.Module], None] | None,
+    device: torch.device,
+) -> _EpochSums:
+    """One pass over `loader`, a step per batch; `lr_at(i)` is batch i's learning rate."""
+    model.train()
+    sums = _EpochSums.zeros(device)
+    for i, (x, y) in enumerate(loader):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(i)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device):
+            logits = model(x)
+            loss = loss_of(logits, x, y, sums)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if regularize is not None:
+            regularize(model)
+        optimizer.step()
+        sums.add(loss, logits, y)
+    return sums
+
+
+def _finite_mean_loss(sums: _EpochSums, epoch: int, epochs: int, lr: float) -> float:
+    """The epoch's mean loss; NonFiniteLossError (naming the teacher when its logits were the
+    cause) when it is NaN or infinite."""
+    mean_loss = (sums.loss / max(sums.seen, 1)).item()
+    if not math.isfinite(mean_loss):
+        culprit = "" if sums.teacher_finite.item() else " (the teacher's logits were not finite)"
+        raise NonFiniteLossError(
+            f"training loss became {mean_loss} in epoch {epoch + 1}/{epochs} at lr={lr:g}"
+            f"{culprit}; the run was stopped. Lower the learning rate or check the data"
+            f"{' and the baseline checkpoint' if culprit else ''}."
+        )
+    return mean_loss
+
+
+def _epoch_stats(
+    sums: _EpochSums, epoch: int, epochs: int, lr: float, start: float
+) -> dict[str, float]:
+    """History entry of 0-based `epoch`, begun at perf_counter() `start`."""
+    mean_loss = _finite_mean_loss(sums, epoch, epochs, lr)
+    return {
+        "epoch": epoch + 1,
+        "train_loss": mean_loss,
+        "train_acc": sums.correct.item() / max(sums.seen, 1),
+        "seconds": time.perf_counter() - start,
+    }
+
+
 def fit(
     model: nn.Module,
     loader: BatchLoader,
@@ -149,66 +258,20 @@ def fit(
         raise ValueError("fit: distill and teacher go together (both given or neither)")
     factor = LR_SCHEDULES[lr_schedule]
     model = _prepare(model, device)
-    if teacher is not None:
-        teacher = _freeze(teacher, device)
+    loss_of = _loss_fn(training, distill, None if teacher is None else _freeze(teacher, device))
     optimizer = make_optimizer(model, lr, training)
     steps_per_epoch = max(1, len(loader))
     result = FitResult(epochs=epochs, seconds=0.0, images=0)
     for epoch in range(epochs):
-        model.train()
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        teacher_finite = torch.ones((), device=device, dtype=torch.bool)
-        seen = 0
-        for i, (x, y) in enumerate(loader):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * factor((epoch + i / steps_per_epoch) / epochs)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                logits = model(x)
-                if teacher is None:
-                    loss = F.cross_entropy(logits, y, label_smoothing=training.label_smoothing)
-                else:
-                    assert distill is not None
-                    with torch.no_grad():
-                        soft = teacher(x)
-                    teacher_finite &= torch.isfinite(soft).all()
-                    loss = distillation_loss(
-                        logits,
-                        soft,
-                        y,
-                        alpha=distill.alpha,
-                        temperature=distill.temperature,
-                        label_smoothing=training.label_smoothing,
-                    )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if regularize is not None:
-                regularize(model)
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-        # One host sync per epoch, not per step: a NaN anywhere makes the epoch's sum NaN.
-        mean_loss = (loss_sum / max(seen, 1)).item()
-        if not math.isfinite(mean_loss):
-            culprit = "" if teacher_finite.item() else " (the teacher's logits were not finite)"
-            raise NonFiniteLossError(
-                f"training loss became {mean_loss} in epoch {epoch + 1}/{epochs} at lr={lr:g}"
-                f"{culprit}; the run was stopped. Lower the learning rate or check the data"
-                f"{' and the baseline checkpoint' if culprit else ''}."
-            )
-        seconds = time.perf_counter() - start
-        result.seconds += seconds
-        result.images += seen
-        stats = {
-            "epoch": epoch + 1,
-            "train_loss": mean_loss,
-            "train_acc": correct.item() / max(seen, 1),
-            "seconds": seconds,
-        }
+
+        def lr_at(i: int, epoch: int = epoch) -> float:  # the schedule, evaluated per batch
+            return lr * factor((epoch + i / steps_per_epoch) / epochs)
+
+        sums = _train_epoch(model, loader, optimizer, lr_at, loss_of, regularize, device)
+        stats = _epoch_stats(sums, epoch, epochs, lr, start)
+        result.seconds += stats["seconds"]
+        result.images += sums.seen
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(epoch + 1, stats)
@@ -239,3 +302,15 @@ def evaluate(
     if seen == 0:
         raise ValueError("cannot evaluate on an empty split")
     return correct / seen, loss_sum / seen
+
+
+def validate(model: nn.Module, data: Dataset, device: torch.device) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) on `data`'s val split."""
+    return evaluate(model, data.val, data.mean, data.std, device)
+
+
+def train_loader(data: Dataset, batch_size: int, seed: int) -> BatchLoader:
+    """Augmented, shuffled training batches of `data`; `seed` fixes their order and crops."""
+    return BatchLoader(
+        data.train, batch_size, data.mean, data.std, augment=True, shuffle=True, seed=seed
+    )
