@@ -145,12 +145,27 @@ class Schedule:
     bn_recalibration_batches: int = BN_RECALIBRATION_BATCHES
 
     def __post_init__(self) -> None:
+        # Checked in this order, so the first error a file shows stays the same.
+        self._check_settings()
+        self._check_stages()
+        require(
+            self.distill is None or isinstance(self.distill, Distill),
+            "distill",
+            self.distill,
+            "it must be null or a Distill (alpha, temperature)",
+        )
+        self._check_landing()
+
+    def _check_settings(self) -> None:
         number_in("target_speedup", self.target_speedup, 1.0, MAX_SPEEDUP)
         positive_int("bn_recalibration_batches", self.bn_recalibration_batches)
         IMPORTANCES.check("importance", self.importance)
         RANKINGS.check("ranking", self.ranking)
         positive_int("min_channels", self.min_channels, minimum=1)
         number_in("min_channel_ratio", self.min_channel_ratio, 0.0, 1.0, low_open=False)
+
+    def _check_stages(self) -> None:
+        """At least one Stage, with cumulative speed-ups that increase."""
         require(
             isinstance(self.stages, tuple) and len(self.stages) > 0,
             "stages",
@@ -171,12 +186,9 @@ class Schedule:
                 cur,
                 f"speed-ups are cumulative and must increase (stage {i - 1} reaches {prev})",
             )
-        require(
-            self.distill is None or isinstance(self.distill, Distill),
-            "distill",
-            self.distill,
-            "it must be null or a Distill (alpha, temperature)",
-        )
+
+    def _check_landing(self) -> None:
+        """The last stage ends on the target, and the floor alone does not keep it from landing."""
         last = self.stages[-1].speedup
         require(
             math.isclose(last, self.target_speedup, rel_tol=1e-9),
@@ -184,7 +196,6 @@ class Schedule:
             last,
             f"the last stage must end on target_speedup={self.target_speedup}",
         )
-        # Reject schedules whose floor alone keeps them from landing.
         cap = speedup_cap(self.min_channel_ratio)
         require(
             cap >= self.target_speedup,
