@@ -62,6 +62,17 @@ def plot_front(
     plt = pyplot()
     usable = [r for r in rows if r.usable]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    _draw_trials_and_front(ax, usable, on_front)
+    _mark_reference_and_pick(ax, usable, pick, pick_label)
+    _label_front_axes(ax, rows, len(rows) - len(usable), cost)
+    _front_limits(ax, usable, cost)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=9)
+    return save(fig, path)
+
+
+def _draw_trials_and_front(ax: Any, usable: list[TrialRow], on_front: Sequence[TrialRow]) -> None:
+    """Every completed trial as a grey dot; the front as a staircase through its points."""
     ax.scatter([r.cost for r in usable], _pct([r.val_acc for r in usable]), c="0.6", s=30, zorder=2)
     ax.scatter([], [], c="0.6", s=30, label=f"completed trial ({len(usable)})")
     ax.plot(
@@ -73,8 +84,12 @@ def plot_front(
         zorder=3,
         label=f"Pareto front ({len(on_front)})",
     )
-    _mark_reference_and_pick(ax, usable, pick, pick_label)
-    left_out = len(rows) - len(usable)
+
+
+def _label_front_axes(
+    ax: Any, rows: Sequence[TrialRow], left_out: int, cost: CostObjective
+) -> None:
+    """Axis names with the cost's unit, the title, and a note on the trials not shown."""
     ax.set_xlabel(f"cost: {cost.axis()} per trial")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"Accuracy vs. cost at {_target(rows)} MACs speed-up")
@@ -86,6 +101,11 @@ def plot_front(
             fontsize=8,
             color="0.4",
         )
+
+
+def _front_limits(ax: Any, usable: list[TrialRow], cost: CostObjective) -> None:
+    """Whole epochs on an epoch axis; one tick when every trial had one budget; a message
+    instead of empty axes when no trial completed."""
     if cost.unit == "epochs":
         _integer_x(ax)
     _margins(ax, [r.val_acc for r in usable])
@@ -98,9 +118,6 @@ def plot_front(
     if not usable:  # say so, rather than show empty axes around 0
         ax.set(xlim=(0, 1), ylim=(0, 100), xticks=[])
         ax.text(0.5, 0.5, "no trial completed its schedule", ha="center", transform=ax.transAxes)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=9)
-    return save(fig, path)
 
 
 def _mark_reference_and_pick(
