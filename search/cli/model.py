@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,18 +13,25 @@ from typing import Any
 import torch
 
 from pruning import schedule as schedule_io
-from pruning.data import DataSpec, load_dataset
+from pruning.data import Dataset, DataSpec, load_dataset
 from pruning.devices import resolve_device
 from pruning.importance import IMPORTANCES
 from pruning.models import MODELS, build_model, example_input, model_entry, save_pruned
 from pruning.pretrain import load_pretrain_config, parse_override
 from pruning.pretrain import pretrain as run_pretrain
-from pruning.prune import MIN_CHANNEL_RATIO, MIN_CHANNELS, RANKINGS, prune_to_speedup
-from pruning.replay import check_teacher, replay_model
+from pruning.prune import (
+    MIN_CHANNEL_RATIO,
+    MIN_CHANNELS,
+    RANKINGS,
+    PruneReport,
+    prune_to_speedup,
+)
+from pruning.replay import ReplayModel, check_teacher, replay_model
 from pruning.replay import replay as run_replay
 from pruning.run_info import ModelInfo, RunInfo, model_from_checkpoint
 from pruning.runner import StageResult
-from pruning.train import evaluate
+from pruning.schedule import Schedule
+from pruning.train import validate
 from search.cli.options import add_data_args, command, data_spec
 from search.progress import EpochBar, say
 
@@ -52,6 +60,21 @@ accuracy before and right after pruning.
         "prunetune prune --speedup 8.84 --checkpoint baseline.pt --data cifar100:~/data --json",
     )
     add_model_args(p)
+    _add_prune_target_args(p)
+    _add_prune_floor_args(p)
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="also write the pruned model here (structure + weights: pruning.models.load_pruned)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_data_args(p)
+    p.set_defaults(handler=prune)
+
+
+def _add_prune_target_args(p: argparse.ArgumentParser) -> None:
+    """What `prune` prunes to, and the model's classes, input and weights."""
     p.add_argument("--speedup", type=float, required=True, help="MACs ratio to land on, e.g. 8.84")
     p.add_argument(
         "--num-classes", type=int, help="classes of the model (default: the data's, else 100)"
@@ -68,6 +91,10 @@ accuracy before and right after pruning.
         type=Path,
         help="state dict of the (unpruned) model, or a pruned model saved by prunetune",
     )
+
+
+def _add_prune_floor_args(p: argparse.ArgumentParser) -> None:
+    """How `prune` ranks channels, and the per-layer floor it keeps."""
     # No argparse choices for --importance: the registry's error suggests the closest name.
     p.add_argument(
         "--importance",
@@ -87,15 +114,6 @@ accuracy before and right after pruning.
         default=MIN_CHANNEL_RATIO,
         help=f"per-layer floor as a fraction of the layer's channels (default {MIN_CHANNEL_RATIO})",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        help="also write the pruned model here (structure + weights: pruning.models.load_pruned)",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    add_data_args(p)
-    p.set_defaults(handler=prune)
 
 
 def add_model_args(p: argparse.ArgumentParser, width: bool = True) -> None:
@@ -170,7 +188,7 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
     if data is not None:
         say(f"data: {data.description}")
         check_classes(model, data.num_classes, data.description)
-        result["val_acc_before"], _ = evaluate(model, data.val, data.mean, data.std, device)
+        result["val_acc_before"], _ = validate(model, data, device)
     report = prune_to_speedup(
         model.cpu(),
         example_input(model_spec),
@@ -182,11 +200,20 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
         ignored_layers=model_entry(model_spec.arch).ignored_layers(model),
     )
     if data is not None:
-        result["val_acc_after_prune"], _ = evaluate(model, data.val, data.mean, data.std, device)
+        result["val_acc_after_prune"], _ = validate(model, data, device)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         save_pruned(args.out, model.cpu(), model_spec)
-    result |= {
+    result |= _report_fields(report)
+    if not args.json:
+        say(f"model: {model_spec.describe()}")
+        print(format_prune_report(result))
+    return result
+
+
+def _report_fields(report: PruneReport) -> dict[str, Any]:
+    """What `prune` prints (and --json gives) of the prune's report."""
+    return {
         "base_macs": report.base_macs,
         "macs": report.macs,
         "params": report.params,
@@ -198,10 +225,6 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
         "narrowest": report.narrowest,
         "seconds": report.seconds,
     }
-    if not args.json:
-        say(f"model: {model_spec.describe()}")
-        print(format_prune_report(result))
-    return result
 
 
 def format_prune_report(r: dict[str, Any]) -> str:
@@ -302,20 +325,10 @@ an exported trial it reproduces that trial's accuracy.
     p.set_defaults(handler=replay)
 
 
-def replay(args: argparse.Namespace) -> dict[str, Any]:
-    schedule, run = schedule_io.load(args.schedule)
-    device = resolve_device(args.device)
-    spec = data_spec(args, run.data if run and run.data else DataSpec())
-    assert spec is not None
-    seed = args.seed if args.seed is not None else (run.seed if run else 0)
-    # A trial's weights depend on the thread count (gradient sums reduce in a different order),
-    # so a replay uses the one its trial ran with unless told otherwise.
-    threads = args.threads or (run.threads if run else None)
-    if threads:
-        torch.set_num_threads(int(threads))
-    checkpoint = str(args.checkpoint) if args.checkpoint else (run.checkpoint if run else None)
-    check_teacher(schedule, checkpoint)
-    data = load_dataset(spec, device)
+def _replay_start(
+    args: argparse.Namespace, run: RunInfo | None, data: Dataset, checkpoint: str | None, seed: int
+) -> ReplayModel:
+    """The model the replay starts from (replay_model), its warnings said."""
     start = replay_model(
         checkpoint,
         run,
@@ -332,43 +345,60 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
             f"warning: no checkpoint given; replaying on a random-init {start.info.describe()} "
             f"from seed {seed} (accuracies show the mechanics, not a real recovery)"
         )
-    model = start.model
-    check_classes(model, data.num_classes, data.description)
-    out = (args.out or Path("runs/replay") / args.schedule.stem).expanduser().resolve()
-    say(f"data: {data.description}")
-    say(f"schedule: {schedule.summary()} -> {out}")
-    phases = [("sparse training", schedule.sparse.epochs if schedule.sparse else 0)]
-    phases += [(f"stage {i + 1} fine-tune", s.epochs) for i, s in enumerate(schedule.stages)]
-    bar = EpochBar(phases)
+    check_classes(start.model, data.num_classes, data.description)
+    return start
+
+
+def _stage_line(schedule: Schedule) -> Callable[[StageResult], None]:
+    """Says one line per finished stage of `schedule`."""
 
     def show(r: StageResult) -> None:
+        recal = f" (BN recalibrated {r.val_acc_after_recal:.2%})" if r.bn_recal_images else ""
         say(
             f"stage {r.stage}/{len(schedule.stages)}: {r.speedup:.3f}x  "
             f"MACs {r.macs / 1e6:.2f}M  params {r.params / 1e6:.3f}M  "
-            f"val acc after prune {r.val_acc_after_prune:.2%}{recal(r)} -> after fine-tune "
+            f"val acc after prune {r.val_acc_after_prune:.2%}{recal} -> after fine-tune "
             f"{r.val_acc:.2%}  compute {r.train_tmacs:.4g} TMACs"
         )
 
-    def recal(r: StageResult) -> str:
-        return f" (BN recalibrated {r.val_acc_after_recal:.2%})" if r.bn_recal_images else ""
+    return show
 
+
+def _epoch_bar(schedule: Schedule) -> EpochBar:
+    phases = [("sparse training", schedule.sparse.epochs if schedule.sparse else 0)]
+    phases += [(f"stage {i + 1} fine-tune", s.epochs) for i, s in enumerate(schedule.stages)]
+    return EpochBar(phases)
+
+
+def replay(args: argparse.Namespace) -> dict[str, Any]:
+    schedule, run = schedule_io.load(args.schedule)
+    device = resolve_device(args.device)
+    spec = data_spec(args, run.data if run and run.data else DataSpec())
+    assert spec is not None
+    seed = args.seed if args.seed is not None else (run.seed if run else 0)
+    # A trial's weights depend on the thread count (gradient sums reduce in a different order),
+    # so a replay uses the one its trial ran with unless told otherwise.
+    threads = args.threads or (run.threads if run else None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    checkpoint = str(args.checkpoint) if args.checkpoint else (run.checkpoint if run else None)
+    check_teacher(schedule, checkpoint)
+    data = load_dataset(spec, device)
+    start = _replay_start(args, run, data, checkpoint, seed)
+    out = (args.out or Path("runs/replay") / args.schedule.stem).expanduser().resolve()
+    say(f"data: {data.description}")
+    say(f"schedule: {schedule.summary()} -> {out}")
+    bar = _epoch_bar(schedule)
     try:
         metrics = run_replay(
             schedule,
-            model,
+            start.model,
             data,
             out=out,
             device=device,
             seed=seed,
-            run=RunInfo(
-                model=start.info,
-                data=spec,
-                seed=seed,
-                checkpoint=start.checkpoint,
-                checkpoint_sha256=start.sha256,
-                threads=torch.get_num_threads(),
-            ),
-            on_stage=show,
+            run=start.run_info(spec, seed, torch.get_num_threads()),
+            on_stage=_stage_line(schedule),
             on_epoch=bar,
         )
     finally:
