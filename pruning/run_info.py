@@ -40,8 +40,8 @@ from pruning.models import (
     as_state_dict,
     build_model,
     check_arch,
-    describe_mismatch,
     layer_widths,
+    load_fitting,
     load_pruned,
     read_checkpoint,
     uniform_width,
@@ -159,14 +159,13 @@ def model_from_state(
         found = model_info(state, info.width)
     else:
         spec = info.spec(num_classes, input_size)
-        model = build_model(spec)
-        problem = describe_mismatch(model, state)
-        if problem:
-            raise CheckpointMismatchError(
-                f"the state dict does not fit {spec.describe()}:\n{problem}\nCheck model.arch, "
-                "model.width, model.num_classes and model.kwargs against the checkpoint"
-            )
-        model.load_state_dict(state, strict=True)
+        model = load_fitting(
+            build_model(spec),
+            state,
+            f"the state dict does not fit {spec.describe()}",
+            "Check model.arch, model.width, model.num_classes and model.kwargs against the "
+            "checkpoint",
+        )
         found = dataclasses.replace(info, num_classes=spec.num_classes)
     model.prunetune_spec = found.spec(num_classes, input_size)  # type: ignore[assignment]
     return model, found

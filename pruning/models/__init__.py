@@ -3,10 +3,12 @@
 - `zoo`: the model registry (`MODELS`, `ModelSpec`, `build_model`, `example_input`): built-in
   CIFAR VGG19 / ResNet-56 / MobileNetV2, torchvision classification models by name, and the
   user's own `module.path:callable`.
-- `vgg`, `cifar`: the built-in CIFAR architectures.
+- `vgg`, `cifar`: the built-in CIFAR architectures; `layers`: what they share (the width rule,
+  weight initialisation).
 - `pruned`: pruned models of any architecture saved as structure + state dict, loaded with
   weights_only=True (`save_pruned`, `load_pruned`).
-- `checkpoints`: reading state dicts safely, with one readable paragraph per bad file.
+- `checkpoints`: reading state dicts safely, with one readable paragraph per bad file, and
+  loading one into a model only when it fits (`load_fitting`).
 """
 
 from pruning.models.checkpoints import (
@@ -16,6 +18,7 @@ from pruning.models.checkpoints import (
     count_params,
     describe_mismatch,
     load_checkpoint,
+    load_fitting,
     read_checkpoint,
     read_state_dict,
     unwrap_state_dict,
@@ -68,6 +71,7 @@ __all__ = [
     "example_input",
     "layer_widths",
     "load_checkpoint",
+    "load_fitting",
     "load_pruned",
     "load_vgg19",
     "mobilenet_v2",

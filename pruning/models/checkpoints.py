@@ -40,6 +40,18 @@ def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
     return "\n".join(parts)
 
 
+def load_fitting(
+    model: nn.Module, state: dict[str, torch.Tensor], what: str, hint: str = ""
+) -> nn.Module:
+    """`state` loaded into `model` (strict), or CheckpointMismatchError: `what`, then
+    describe_mismatch's lines, then `hint` (what to check) on a line of its own."""
+    problem = describe_mismatch(model, state)
+    if problem:
+        raise CheckpointMismatchError(f"{what}:\n{problem}" + (f"\n{hint}" if hint else ""))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 def unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
     """Accept a bare state dict or the common {'state_dict': ...} / {'model': ...} wrappers."""
     if isinstance(obj, dict):
@@ -160,16 +172,13 @@ def _pickle_globals(data: bytes) -> list[str]:
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a plain state dict into `model` (weights_only: never unpickles code)."""
-    state = read_state_dict(path)
-    problem = describe_mismatch(model, state)
-    if problem:
-        raise CheckpointMismatchError(
-            f"checkpoint {path} does not fit the model "
-            f"({type(model).__name__}, {count_params(model) / 1e6:.2f}M params):\n{problem}\n"
-            "Check --width and --num-classes, or pass the pruned weights with their schedule."
-        )
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_fitting(
+        model,
+        read_state_dict(path),
+        f"checkpoint {path} does not fit the model "
+        f"({type(model).__name__}, {count_params(model) / 1e6:.2f}M params)",
+        "Check --width and --num-classes, or pass the pruned weights with their schedule.",
+    )
 
 
 def count_params(model: nn.Module) -> int:

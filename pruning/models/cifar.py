@@ -16,24 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def scaled(channels: int, width: float) -> int:
-    """A layer's channels under a width multiplier (at least one)."""
-    return max(1, round(channels * width))
+from pruning.models.layers import init_weights, scaled
 
 
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
+def _kaiming(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
 
 class BasicBlock(nn.Module):
@@ -74,7 +61,7 @@ class CifarResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # the release's AvgPool2d(8) at 32x32
         self.fc = nn.Linear(in_planes, num_classes)
-        _init(self)
+        init_weights(self, _kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 3, 32, 32)
         x = self.relu(self.bn1(self.conv1(x)))
@@ -139,7 +126,7 @@ class CifarMobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
-        _init(self)
+        init_weights(self, _kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 3, 32, 32)
         x = self.pool(self.features(x))  # (N, 1280w, 1, 1)

@@ -26,7 +26,7 @@ from torch import nn
 from pruning.models.checkpoints import (
     CheckpointMismatchError,
     as_state_dict,
-    describe_mismatch,
+    load_fitting,
     read_checkpoint,
 )
 from pruning.models.vgg import uniform_width, vgg19_from_state_dict, vgg19_widths
@@ -104,13 +104,9 @@ def _rebuild(obj: dict[str, Any]) -> nn.Module:
         raise CheckpointMismatchError("the file lacks its 'widths' or 'state_dict' mapping")
     model = build_model(spec)
     apply_widths(model, widths, example_input(spec))
-    problem = describe_mismatch(model, state)
-    if problem:
-        raise CheckpointMismatchError(
-            f"the state dict does not fit {spec.describe()} pruned to the file's widths:\n{problem}"
-        )
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_fitting(
+        model, state, f"the state dict does not fit {spec.describe()} pruned to the file's widths"
+    )
 
 
 def apply_widths(model: nn.Module, widths: dict[str, int], example: torch.Tensor) -> None:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.models.checkpoints import CheckpointMismatchError, describe_mismatch, read_state_dict
+from pruning.models.checkpoints import CheckpointMismatchError, load_fitting, read_state_dict
+from pruning.models.layers import init_weights, scaled
 from pruning.validate import number_in
 
 # Channel multipliers a model may be built with: (0, MAX_WIDTH]. 4x VGG19 is already ~8 G MACs.
@@ -33,10 +34,6 @@ VGG19_BLOCKS: tuple[tuple[int, ...], ...] = (
 def check_width(width: object, field: str = "width") -> None:
     """The one check of a width multiplier, for configs and the model builder alike."""
     number_in(field, width, 0.0, MAX_WIDTH)
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
 
 
 def _conv_block(widths: tuple[int, ...], in_channels: int) -> nn.Sequential:
@@ -64,7 +61,7 @@ class VGG(nn.Module):
             setattr(self, f"pool{i}", nn.MaxPool2d(kernel_size=2, stride=2))
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(in_channels, num_classes)
-        self._initialize_weights()
+        init_weights(self, _normal_fan_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 3, H, W)
         height = x.shape[2]
@@ -77,19 +74,11 @@ class VGG(nn.Module):
         x = self.pool4(F.relu(self.block4(x)))  # (N, C, 1, 1)
         return self.classifier(torch.flatten(x, 1))
 
-    def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+
+def _normal_fan_out(conv: nn.Conv2d) -> None:
+    """N(0, sqrt(2 / fan_out)), fan_out = kernel area x out channels (the reference's init)."""
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
 
 
 def vgg19(num_classes: int = 100, width: float = 1.0) -> VGG:
@@ -97,7 +86,7 @@ def vgg19(num_classes: int = 100, width: float = 1.0) -> VGG:
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} is invalid: it must be >= 1")
     check_width(width)
-    blocks = tuple(tuple(_scaled(c, width) for c in block) for block in VGG19_BLOCKS)
+    blocks = tuple(tuple(scaled(c, width) for c in block) for block in VGG19_BLOCKS)
     return VGG(blocks, num_classes)
 
 
@@ -128,7 +117,7 @@ def uniform_width(blocks: tuple[tuple[int, ...], ...], hint: float | None = None
     candidates = [hint] if hint is not None else []
     candidates.append(blocks[0][0] / VGG19_BLOCKS[0][0])
     for width in candidates:
-        expected = tuple(tuple(_scaled(c, width) for c in block) for block in VGG19_BLOCKS)
+        expected = tuple(tuple(scaled(c, width) for c in block) for block in VGG19_BLOCKS)
         if expected == blocks:
             return width
     return None
@@ -141,13 +130,7 @@ def vgg19_from_state_dict(state: dict[str, torch.Tensor]) -> VGG:
     object: the conv weight shapes say every width and the classifier says the class count.
     """
     model = VGG(vgg19_widths(state), num_classes=vgg19_classes(state))
-    problem = describe_mismatch(model, state)
-    if problem:
-        raise CheckpointMismatchError(
-            f"state dict does not fit a VGG19 of its own widths:\n{problem}"
-        )
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_fitting(model, state, "state dict does not fit a VGG19 of its own widths")
 
 
 def load_vgg19(path: str | Path) -> VGG:

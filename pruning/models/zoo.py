@@ -120,32 +120,23 @@ class ModelEntry:
     check_forward: bool = False  # validate with one forward pass when built (user factories)
 
 
-MODELS: Registry[ModelEntry] = Registry(
-    "model",
-    {
-        "vgg19": ModelEntry(
-            "vgg19",
-            lambda s: vgg19(s.num_classes, s.width),
-            (32, 32),
-            description="CIFAR VGG19-BN, Torch-Pruning's reproduce layout (512.73M MACs)",
-            widthable=True,
-        ),
-        "resnet56": ModelEntry(
-            "resnet56",
-            lambda s: resnet56(s.num_classes, s.width),
-            (32, 32),
-            description="CIFAR ResNet-56, Torch-Pruning's reproduce layout (125.49M MACs)",
-            widthable=True,
-        ),
-        "mobilenet_v2": ModelEntry(
-            "mobilenet_v2",
-            lambda s: mobilenet_v2(s.num_classes, s.width),
-            (32, 32),
-            description="CIFAR MobileNetV2 (stride-1 stem, depthwise convs)",
-            widthable=True,
-        ),
-    },
+def _cifar(name: str, build: Callable[[int, float], nn.Module], description: str) -> ModelEntry:
+    """A built-in CIFAR model: 32x32 inputs, built as build(num_classes, width)."""
+
+    def factory(spec: ModelSpec) -> nn.Module:
+        return build(spec.num_classes, spec.width)
+
+    return ModelEntry(name, factory, (32, 32), description=description, widthable=True)
+
+
+_BUILT_IN = (
+    _cifar("vgg19", vgg19, "CIFAR VGG19-BN, Torch-Pruning's reproduce layout (512.73M MACs)"),
+    _cifar(
+        "resnet56", resnet56, "CIFAR ResNet-56, Torch-Pruning's reproduce layout (125.49M MACs)"
+    ),
+    _cifar("mobilenet_v2", mobilenet_v2, "CIFAR MobileNetV2 (stride-1 stem, depthwise convs)"),
 )
+MODELS: Registry[ModelEntry] = Registry("model", {e.name: e for e in _BUILT_IN})
 
 
 def check_arch(arch: object, field: str = "model.arch") -> str:
