@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.tiny import tiny_data, tiny_vgg
 from torch import nn
 
 from pruning import schedule as schedule_io
 from pruning.bn_recal import batch_norms, recal_loader, recalibrate_bn
-from pruning.data import DataSpec, load_dataset
-from pruning.models import vgg19
 from pruning.runner import run_schedule
 from pruning.schedule import Schedule, Stage, Training
 
@@ -19,12 +18,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset(DataSpec(name="synthetic", samples=300, num_classes=4, val_size=0.2))
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return vgg19(4, 0.125)
+    return tiny_data(300)
 
 
 def _full_pass_stats(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -48,10 +42,10 @@ def _full_pass_stats(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tens
 
 def test_one_batch_of_every_image_gives_the_full_pass_statistics(data) -> None:
     n = len(data.train.labels)
-    model = _model()
+    model = tiny_vgg()
     loader = recal_loader(data.train, n, data.mean, data.std, seed=3)
     ((x, _),) = list(recal_loader(data.train, n, data.mean, data.std, seed=3))  # the same batch
-    expected = _full_pass_stats(_model(), x)
+    expected = _full_pass_stats(tiny_vgg(), x)
     assert recalibrate_bn(model, loader, batches=5, device=CPU) == n  # one batch holds them all
     for bn, (mean, var) in zip(batch_norms(model), expected, strict=True):
         torch.testing.assert_close(bn.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
@@ -64,13 +58,13 @@ def test_equal_batches_average_to_the_full_mean(data) -> None:
     is close to the full-pass one."""
     n = len(data.train.labels)
     assert n % 40 == 0
-    model = _model()
+    model = tiny_vgg()
     momenta = [bn.momentum for bn in batch_norms(model)]
     model.train()
     used = recalibrate_bn(model, recal_loader(data.train, 40, data.mean, data.std, 0), 99, CPU)
     assert used == n
     x = torch.cat([b for b, _ in recal_loader(data.train, n, data.mean, data.std, 0)])
-    mean, var = _full_pass_stats(_model(), x)[0]
+    mean, var = _full_pass_stats(tiny_vgg(), x)[0]
     first = batch_norms(model)[0]
     torch.testing.assert_close(first.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(first.running_var.double(), var, rtol=0.05, atol=1e-4)
@@ -79,7 +73,7 @@ def test_equal_batches_average_to_the_full_mean(data) -> None:
 
 
 def test_recalibration_draws_from_no_global_rng_and_zero_batches_do_nothing(data) -> None:
-    model = _model()
+    model = tiny_vgg()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     loader = recal_loader(data.train, 64, data.mean, data.std, 1)
@@ -95,7 +89,7 @@ def _schedule(batches: int) -> Schedule:
 
 
 def test_training_after_recalibration_is_bit_identical_to_training_without_it(data) -> None:
-    plain, recal = _model(), _model()
+    plain, recal = tiny_vgg(), tiny_vgg()
     off = run_schedule(plain, data, _schedule(0), device=CPU, seed=1)
     on = run_schedule(recal, data, _schedule(3), device=CPU, seed=1)
     assert [r.bn_recal_images for r in off] == [0, 0]
@@ -113,7 +107,7 @@ def test_training_after_recalibration_is_bit_identical_to_training_without_it(da
 def test_replay_is_bit_exact_with_recalibration_on(data) -> None:
     runs = []
     for _ in range(2):
-        model = _model()
+        model = tiny_vgg()
         results = run_schedule(model, data, _schedule(3), device=CPU, seed=7)
         runs.append((model.state_dict(), [r.metrics() for r in results]))
     (weights_a, metrics_a), (weights_b, metrics_b) = runs

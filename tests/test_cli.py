@@ -28,6 +28,12 @@ def run_json(capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def replay_json(capsys, schedule: Path, checkpoint: Path, out: Path) -> dict:
+    """`prunetune replay` of a schedule file on the CPU; its final metrics."""
+    argv = ["replay", str(schedule), "--checkpoint", str(checkpoint), "--out", str(out)]
+    return run_json(capsys, *argv, "--device", "cpu")
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("baseline")
@@ -86,17 +92,7 @@ def test_replay_recovers_accuracy_and_writes_everything(capsys, tmp_path, baseli
     run = RunInfo(data=DataSpec(**DATA), seed=3)
     path = schedule_io.save(tmp_path / "two_stage.yaml", schedule, run)
     out = tmp_path / "out"
-    r = run_json(
-        capsys,
-        "replay",
-        str(path),
-        "--checkpoint",
-        str(baseline),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    )
+    r = replay_json(capsys, path, baseline, out)
     last = r["stages"][-1]
     assert [s["stage"] for s in r["stages"]] == [1, 2] and last["completed"]
     assert last["val_acc"] > last["val_acc_after_prune"] + 0.05
@@ -111,20 +107,7 @@ def test_replay_recovers_accuracy_and_writes_everything(capsys, tmp_path, baseli
 def test_replay_on_the_same_seed_reproduces_accuracy(capsys, tmp_path, baseline) -> None:
     run = RunInfo(data=DataSpec(**DATA))
     path = schedule_io.save(tmp_path / "s.yaml", schedule_io.one_shot(4.0, 1), run)
-    runs = [
-        run_json(
-            capsys,
-            "replay",
-            str(path),
-            "--checkpoint",
-            str(baseline),
-            "--out",
-            str(tmp_path / f"o{i}"),
-            "--device",
-            "cpu",
-        )
-        for i in range(2)
-    ]
+    runs = [replay_json(capsys, path, baseline, tmp_path / f"o{i}") for i in range(2)]
     assert runs[0]["val_acc"] == runs[1]["val_acc"]
 
 

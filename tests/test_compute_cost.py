@@ -6,10 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from support.tiny import tiny_data, tiny_vgg
 
 from pruning.compute import COSTS, finetune_tmacs
-from pruning.data import DataSpec, load_dataset
-from pruning.models import vgg19
 from pruning.prune import count_macs_params
 from pruning.runner import run_schedule
 from pruning.schedule import Schedule, SparseTraining, Stage, Training
@@ -23,12 +22,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset(DataSpec(name="synthetic", samples=300, num_classes=4, val_size=0.2))
-
-
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return vgg19(4, 0.125)
+    return tiny_data(300)
 
 
 def test_finetune_tmacs_is_three_student_passes_plus_the_teacher_and_forward_only_images() -> None:
@@ -48,7 +42,7 @@ def test_a_stage_counts_its_analytic_compute(data) -> None:
     """Sparse epochs at full size, then per stage 3 x the pruned MACs per training image seen
     plus its forward-only BN recalibration images."""
     n = len(data.train.labels)
-    base = count_macs_params(_model(), torch.zeros(1, 3, 32, 32))[0]
+    base = count_macs_params(tiny_vgg(), torch.zeros(1, 3, 32, 32))[0]
     schedule = Schedule(
         4.0,
         (Stage(2.0, 2, 0.02), Stage(4.0, 1, 0.02)),
@@ -56,7 +50,7 @@ def test_a_stage_counts_its_analytic_compute(data) -> None:
         training=Training(64),
         bn_recalibration_batches=2,
     )
-    results = run_schedule(_model(), data, schedule, device=CPU, seed=1)
+    results = run_schedule(tiny_vgg(), data, schedule, device=CPU, seed=1)
     sparse = 3 * base * n / 1e12
     total = sparse
     for r, stage in zip(results, schedule.stages, strict=True):

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from support.tiny import tiny_data, tiny_vgg
 
-from pruning.data import DataSpec, load_dataset
-from pruning.models import vgg19, vgg19_from_state_dict
+from pruning.models import vgg19_from_state_dict
 from pruning.runner import RunState, run_schedule
 from pruning.schedule import Schedule, SparseTraining, Stage, Training
 
@@ -16,16 +16,11 @@ SCHEDULE = Schedule(4.0, (Stage(2.0, 1, 0.02), Stage(4.0, 1, 0.02)), training=Tr
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset(DataSpec(name="synthetic", samples=600, num_classes=4, val_size=0.2))
-
-
-def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return vgg19(4, 0.125)
+    return tiny_data(600)
 
 
 def test_stages_report_what_the_trainable_needs(data) -> None:
-    results = run_schedule(model(), data, SCHEDULE, device=CPU, seed=1)
+    results = run_schedule(tiny_vgg(), data, SCHEDULE, device=CPU, seed=1)
     assert [r.stage for r in results] == [1, 2]
     assert [r.completed for r in results] == [False, True]
     assert [r.epochs_used for r in results] == [1, 2]
@@ -38,7 +33,7 @@ def test_stages_report_what_the_trainable_needs(data) -> None:
 
 
 def test_continuing_from_a_stage_checkpoint_matches_an_uninterrupted_run(data) -> None:
-    full = run_schedule(model(), data, SCHEDULE, device=CPU, seed=1)
+    full = run_schedule(tiny_vgg(), data, SCHEDULE, device=CPU, seed=1)
 
     saved = {}
 
@@ -48,7 +43,7 @@ def test_continuing_from_a_stage_checkpoint_matches_an_uninterrupted_run(data) -
             saved["state"] = copy.deepcopy(state)
 
     run_schedule(
-        model(),
+        tiny_vgg(),
         data,
         Schedule(2.0, SCHEDULE.stages[:1], training=Training(64)),
         device=CPU,
@@ -67,7 +62,7 @@ def test_sparse_training_runs_first_and_counts_its_epochs(data) -> None:
     )
     epochs: list[int] = []
     results = run_schedule(
-        model(), data, sparse, device=CPU, on_epoch=lambda e, s: epochs.append(e)
+        tiny_vgg(), data, sparse, device=CPU, on_epoch=lambda e, s: epochs.append(e)
     )
     assert epochs == [1, 1]  # one sparse epoch, then one fine-tune epoch
     assert results[-1].epochs_used == 2

@@ -25,6 +25,30 @@ def loader(data, seed: int = 0, batch: int = 64) -> BatchLoader:
     )
 
 
+def train(
+    model,
+    data,
+    *,
+    epochs: int = 1,
+    lr: float = 0.01,
+    lr_schedule: str = "constant",
+    seed: int = 0,
+    batch: int = 64,
+    **kwargs,
+):
+    """fit() on `data`'s training split with the default Training, on the CPU."""
+    return fit(
+        model,
+        loader(data, seed=seed, batch=batch),
+        epochs=epochs,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        training=Training(),
+        device=CPU,
+        **kwargs,
+    )
+
+
 @pytest.mark.parametrize(
     "schedule, progress, expected",
     [
@@ -50,15 +74,7 @@ def test_fit_learns_and_evaluate_reports(data) -> None:
     torch.manual_seed(0)
     model = vgg19(data.num_classes, 0.125)
     before, _ = evaluate(model, data.val, data.mean, data.std, CPU)
-    result = fit(
-        model,
-        loader(data),
-        epochs=3,
-        lr=0.05,
-        lr_schedule="cosine",
-        training=Training(),
-        device=CPU,
-    )
+    result = train(model, data, epochs=3, lr=0.05, lr_schedule="cosine")
     after, loss = evaluate(model, data.val, data.mean, data.std, CPU)
     assert len(result.history) == 3 and result.images == 3 * len(data.train.labels)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -70,15 +86,7 @@ def test_fit_is_reproducible_on_cpu(data) -> None:
     def run() -> dict[str, torch.Tensor]:
         torch.manual_seed(1)
         model = vgg19(data.num_classes, 0.125)
-        fit(
-            model,
-            loader(data, seed=5),
-            epochs=1,
-            lr=0.05,
-            lr_schedule="step",
-            training=Training(),
-            device=CPU,
-        )
+        train(model, data, lr=0.05, lr_schedule="step", seed=5)
         return model.state_dict()
 
     a, b = run(), run()
@@ -90,15 +98,7 @@ def test_non_finite_loss_stops_the_run(data) -> None:
     with torch.no_grad():
         model.classifier.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="loss became nan"):
-        fit(
-            model,
-            loader(data),
-            epochs=2,
-            lr=0.01,
-            lr_schedule="constant",
-            training=Training(),
-            device=CPU,
-        )
+        train(model, data, epochs=2)
 
 
 def test_regulariser_runs_between_backward_and_step(data) -> None:
@@ -108,16 +108,7 @@ def test_regulariser_runs_between_backward_and_step(data) -> None:
     def regularize(m: torch.nn.Module) -> None:
         seen.append(m.classifier.weight.grad is not None)
 
-    fit(
-        model,
-        loader(data, batch=300),
-        epochs=1,
-        lr=0.01,
-        lr_schedule="constant",
-        training=Training(),
-        device=CPU,
-        regularize=regularize,
-    )
+    train(model, data, batch=300, regularize=regularize)
     assert seen == [True] * len(loader(data, batch=300))
 
 
@@ -125,13 +116,5 @@ def test_fine_tune_after_pruning_updates_the_new_tensors(data) -> None:
     model = vgg19(data.num_classes, 0.25)
     prune_to_speedup(model, torch.zeros(1, 3, 32, 32), 4.0)
     before = model.block2[0].weight.detach().clone()
-    fit(
-        model,
-        loader(data),
-        epochs=1,
-        lr=0.05,
-        lr_schedule="constant",
-        training=Training(),
-        device=CPU,
-    )
+    train(model, data, lr=0.05)
     assert not torch.equal(before, model.block2[0].weight)

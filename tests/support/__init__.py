@@ -9,6 +9,7 @@
 - `mlflow_server`: a real `mlflow server`, and a search's runs read back by role.
 - `run_checks`: assertions on the MLflow runs of a search.
 - `trial_rows`: a TrialRow as MLflow would give it back.
+- `tiny`: the seeded 1/8-width VGG19 and generated 4-class data the runner-level tests train.
 
 The fixtures built on these (`ray_cluster`, `mlflow_server`) are in tests/conftest.py.
 """
