@@ -12,23 +12,7 @@ from pathlib import Path
 
 import yaml
 from support.experiment import tiny_experiment
-from support.procs import kill_tree, start_prunetune, subprocess_env
-
-
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [root], []
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
+from support.procs import kill_tree, process_tree, start_prunetune, subprocess_env
 
 
 def _address(hex_address: str, v6: bool) -> tuple[str, int]:
