@@ -207,6 +207,7 @@ class ExperimentConfig:
         positive_int("num_trials", self.num_trials, minimum=1)
         positive_int("max_concurrent", self.max_concurrent, minimum=1)
         positive_int("max_failures", self.max_failures)
+        _check_asha(self)
         _check_reachable(self)
         require(
             isinstance(self.reference_trial, bool),
@@ -280,6 +281,20 @@ def _check_reference(space: SpaceConfig) -> None:
             dim.domain(space),
             f"reference_trial needs {dim.name}={value!r} in it (or set reference_trial: false)",
         )
+
+
+def _check_asha(config: ExperimentConfig) -> None:
+    """ASHA stops trials at grace_epochs of the budget and later: the space must let a trial
+    spend that much (a prune-only space, total_epochs [0], has nothing to stop early)."""
+    budget = config.space.budget
+    require(
+        not config.asha.enabled or config.asha.grace_epochs <= budget,
+        "asha.grace_epochs",
+        config.asha.grace_epochs,
+        f"ASHA needs it at most the most epochs a trial can spend (max of space.total_epochs "
+        f"+ max of space.sparse_epochs = {budget}); lower it, widen the space, or set "
+        "asha.enabled: false",
+    )
 
 
 def _check_reachable(config: ExperimentConfig) -> None:

@@ -1,8 +1,9 @@
 """Load test: a search of many tiny trials on loopback against a real `mlflow server` holds.
 
-The trials are as short as the config allows (one stage, one fine-tune epoch over ~100 generated
-images at 1/8 width: pruning dominates) and run `--concurrency` at a time (cpu 2/concurrency
-each, on this 2-core machine). Checks and records:
+The trials are as short as the config allows and prune-only (issue 15 item 15: one stage,
+space.total_epochs [0], so no fine-tune; ~100 generated images at 1/8 width: pruning, BN
+recalibration and evaluation are all a trial does) and run `--concurrency` at a time
+(cpu 2/concurrency each, on this 2-core machine). Checks and records:
 - every trial finishes, with exactly one FINISHED MLflow run per trial;
 - MLflow errors that were retried: the driver's "retry" lines, the trial runs' retry tags, and
   the server's own "database is locked" log lines (counted, never swallowed);
