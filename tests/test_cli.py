@@ -61,6 +61,8 @@ def test_prune_json_report(capsys) -> None:
     assert r["speedup"] == pytest.approx(4.0, rel=0.01)
     assert r["base_macs"] / r["macs"] == pytest.approx(r["speedup"])
     assert r["widths"]["classifier"] == 10 and r["widths"]["block0.0"] <= 16
+    assert set(r["latency_speedup"]) == {"1", "64"}  # measured beside the MACs, dense vs pruned
+    assert all(r["latency_ms"][b]["median_ms"] > 0 for b in ("1", "64"))
 
 
 def test_prune_with_data_shows_accuracy_before_and_after(capsys, baseline: Path) -> None:

@@ -16,6 +16,7 @@ from pruning import schedule as schedule_io
 from pruning.data import Dataset, DataSpec, load_dataset
 from pruning.devices import resolve_device
 from pruning.importance import IMPORTANCES
+from pruning.latency import Latency, latency_speedup, measure_batches
 from pruning.models import MODELS, build_model, example_input, model_entry, save_pruned
 from pruning.pretrain import load_pretrain_config, parse_override
 from pruning.pretrain import pretrain as run_pretrain
@@ -69,6 +70,13 @@ accuracy before and right after pruning.
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the dense and pruned model's latency at batch 1 and 64 on --device "
+        "(median of a few runs; default on; --no-latency skips it for big models)",
+    )
     add_data_args(p)
     p.set_defaults(handler=prune)
 
@@ -189,6 +197,7 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
         say(f"data: {data.description}")
         check_classes(model, data.num_classes, data.description)
         result["val_acc_before"], _ = validate(model, data, device)
+    dense = _latency(args, model, device)
     report = prune_to_speedup(
         model.cpu(),
         example_input(model_spec),
@@ -204,7 +213,7 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         save_pruned(args.out, model.cpu(), model_spec)
-    result |= _report_fields(report)
+    result |= _report_fields(report) | _latency_fields(dense, _latency(args, model, device))
     if not args.json:
         say(f"model: {model_spec.describe()}")
         print(format_prune_report(result))
@@ -227,6 +236,47 @@ def _report_fields(report: PruneReport) -> dict[str, Any]:
     }
 
 
+# A few runs: enough for the speed-up's first digit in a command that returns in seconds
+# (experiments/bench/latency.py measures with more).
+PRUNE_LATENCY = {"warmup": 3, "runs": 10}
+
+
+def _latency(
+    args: argparse.Namespace, model: torch.nn.Module, device: torch.device
+) -> dict[int, Latency]:
+    """The model's latency at batch 1 and 64 on `device` (empty with --no-latency)."""
+    if not args.latency:
+        return {}
+    return measure_batches(
+        model, example_input(model.prunetune_spec), device=device, **PRUNE_LATENCY
+    )
+
+
+def _latency_fields(dense: dict[int, Latency], pruned: dict[int, Latency]) -> dict[str, Any]:
+    """latency_ms(_before) per batch size (median and spread) and the measured speed-up."""
+    if not dense:
+        return {}
+    return {
+        "latency_ms_before": {str(b): asdict(lat) for b, lat in dense.items()},
+        "latency_ms": {str(b): asdict(lat) for b, lat in pruned.items()},
+        "latency_speedup": {str(b): s for b, s in latency_speedup(dense, pruned).items()},
+    }
+
+
+def _latency_lines(r: dict[str, Any]) -> list[str]:
+    """One line per batch size: dense -> pruned median, the measured speed-up, the spread."""
+    lines = []
+    for b, speedup in r.get("latency_speedup", {}).items():
+        before, after = r["latency_ms_before"][b], r["latency_ms"][b]
+        lines.append(
+            f"latency {before['median_ms']:9.2f}ms -> {after['median_ms']:.2f}ms  "
+            f"speed-up {speedup:.2f}x measured (batch {b}, {after['device']}, "
+            f"{after['threads']} thread{'s' if after['threads'] > 1 else ''}, "
+            f"median of {after['runs']}, IQR {after['iqr_ms']:.2f}ms)"
+        )
+    return lines
+
+
 def format_prune_report(r: dict[str, Any]) -> str:
     w = max(12, *(len(n) for n in r["widths_before"]))  # the model's own layer names
     lines = [f"{'layer':<{w}} {'before':>7} {'after':>7} {'kept':>6}"]
@@ -237,6 +287,7 @@ def format_prune_report(r: dict[str, Any]) -> str:
     lines += [
         f"MACs    {r['base_macs'] / 1e6:9.2f}M -> {r['macs'] / 1e6:.2f}M  "
         f"speed-up {r['speedup']:.3f}x (target {r['target_speedup']:.3f}x)",
+        *_latency_lines(r),
         f"params  {r['params_before'] / 1e6:9.3f}M -> {r['params'] / 1e6:.3f}M",
         f"pruned in {r['seconds']:.2f} s",
     ]
