@@ -116,7 +116,7 @@ def _sparse_phase(
     )
     state.train_seconds += result.seconds
     state.epochs_used += schedule.sparse.epochs
-    state.train_tmacs += finetune_tmacs(macs, result.images_seen)
+    state.train_tmacs += finetune_tmacs(macs, result.images)
 
 
 def _prune(
@@ -241,7 +241,7 @@ def _run_stage(
     fitted = _fine_tune(model, data, schedule, stage, stage_seed, device, on_epoch, teacher)
     acc, loss = validate(model, data, device)
     teacher_macs = state.teacher_macs if teacher is not None else 0
-    tmacs = finetune_tmacs(pruned.macs, fitted.images_seen, teacher_macs, recal_images)
+    tmacs = finetune_tmacs(pruned.macs, fitted.images, teacher_macs, recal_images)
     state.done, state.epochs_used = index + 1, state.epochs_used + stage.epochs
     state.train_seconds += fitted.seconds
     state.train_tmacs += tmacs

@@ -41,12 +41,6 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
 
     @property
-    def images_seen(self) -> int:
-        """Training images the model took a step on, all epochs together (each image once per
-        epoch it was drawn in): what pruning.compute.finetune_tmacs counts."""
-        return self.images
-
-    @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
@@ -67,11 +61,6 @@ def _constant(progress: float) -> float:
 LR_SCHEDULES: Registry[Callable[[float], float]] = Registry(
     "lr_schedule", {"step": _step, "cosine": _cosine, "constant": _constant}
 )
-
-
-def lr_factor(schedule: str, progress: float) -> float:
-    """LR multiplier at `progress` in [0, 1) of the run."""
-    return LR_SCHEDULES[schedule](progress)
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:

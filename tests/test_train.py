@@ -9,7 +9,7 @@ from pruning.data import BatchLoader, DataSpec, load_dataset
 from pruning.models import vgg19
 from pruning.prune import prune_to_speedup
 from pruning.schedule import Training
-from pruning.train import NonFiniteLossError, evaluate, fit, lr_factor
+from pruning.train import LR_SCHEDULES, NonFiniteLossError, evaluate, fit
 
 CPU = torch.device("cpu")
 
@@ -62,12 +62,12 @@ def train(
     ],
 )
 def test_lr_factor(schedule: str, progress: float, expected: float) -> None:
-    assert lr_factor(schedule, progress) == pytest.approx(expected, abs=1e-12)
+    assert LR_SCHEDULES[schedule](progress) == pytest.approx(expected, abs=1e-12)
 
 
 def test_unknown_lr_schedule() -> None:
     with pytest.raises(ValueError, match="lr_schedule"):
-        lr_factor("linear", 0.1)
+        _ = LR_SCHEDULES["linear"]
 
 
 def test_fit_learns_and_evaluate_reports(data) -> None:

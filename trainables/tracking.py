@@ -398,10 +398,9 @@ def concurrently(calls: Sequence[Callable[[], T]], workers: int = READ_WORKERS) 
 def metric_history(uri: str, run_id: str, keys: list[str]) -> dict[str, dict[int, float]]:
     """step -> value for each metric. A trial restarted mid-stage logs that stage again; the
     value logged last for a step wins, as it does in MLflow's own latest-value view."""
-    c = client(uri)
-
-    def read(key: str) -> dict[int, float]:
-        points = _retry(lambda: c.get_metric_history(run_id, key), "reading metric history")
-        return {m.step: m.value for m in sorted(points, key=lambda m: m.timestamp)}
-
-    return dict(zip(keys, concurrently([lambda k=k: read(k) for k in keys]), strict=True))
+    c = client(uri)  # sequential: callers reading many runs put the runs on one thread pool
+    history: dict[str, dict[int, float]] = {}
+    for key in keys:
+        points = _retry(lambda k=key: c.get_metric_history(run_id, k), "reading metric history")
+        history[key] = {m.step: m.value for m in sorted(points, key=lambda m: m.timestamp)}
+    return history

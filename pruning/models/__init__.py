@@ -48,10 +48,7 @@ from pruning.models.zoo import (
     model_entry,
 )
 
-ARCHS = MODELS.names()  # the built-in names; check_arch also takes torchvision:NAME, module:fn
-
 __all__ = [
-    "ARCHS",
     "MAX_WIDTH",
     "MODELS",
     "TORCHVISION",

@@ -11,7 +11,6 @@ An architecture name (`ModelSpec.arch`) is one of
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import inspect
@@ -292,10 +291,6 @@ def example_input(spec_or_model: ModelSpec | nn.Module, batch: int = 1) -> torch
             )
     assert isinstance(spec, ModelSpec)
     return torch.zeros(batch, 3, spec.size, spec.size)
-
-
-def spec_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name != "_")
 
 
 __all__ = [
