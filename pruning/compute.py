@@ -46,10 +46,18 @@ def epoch_tmacs(student_macs: float, images_per_epoch: int, teacher_macs: float 
     return finetune_tmacs(student_macs, images_per_epoch, teacher_macs)
 
 
+def dense_epochs(tmacs: float, dense_macs: float, train_images: int) -> float:
+    """A compute cost in epochs of the unpruned model on the training split. ASHA's budgets are
+    set in epochs; a trial knows its data and the unpruned MACs, so it reports its compute in
+    this unit and the driver never has to read the data to convert the budgets."""
+    return tmacs / epoch_tmacs(dense_macs, train_images)
+
+
 @dataclass(frozen=True)
 class CostObjective:
     """What a search minimises beside accuracy: a metric every trial logs per stage (cumulative
-    over the schedule, so it is also ASHA's time), and how to say it."""
+    over the schedule; ASHA's time is the same cost in epochs, see `dense_epochs`), and how to
+    say it."""
 
     name: str
     metric: str  # the StageResult field a trial logs

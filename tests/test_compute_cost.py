@@ -10,12 +10,14 @@ from support.tiny import tiny_data, tiny_vgg
 
 from pruning.compute import COSTS, finetune_tmacs
 from pruning.prune import count_macs_params
-from pruning.runner import run_schedule
+from pruning.runner import RunState, run_schedule
 from pruning.schedule import Schedule, SparseTraining, Stage, Training
 from search.config import config_from_dict
 from search.pareto import front
 from search.trials import rows_from_runs
+from search.tuner import asha_max_t
 from trainables import tracking
+from trainables.trial import asha_time
 
 CPU = torch.device("cpu")
 
@@ -109,3 +111,21 @@ def test_runs_without_the_chosen_cost_are_never_on_the_front() -> None:
     del old.data.metrics["train_tmacs"]  # logged before compute was counted
     rows = rows_from_runs([old, _run(1, 0.5, 6, 2.0)], COSTS["compute"])
     assert [r.run_id for r in front(rows)] == ["run1"]
+
+
+def test_asha_time_is_the_chosen_cost_in_epochs_of_the_unpruned_model() -> None:
+    dense, images = 4_000_000, 500  # MACs per image, training images
+    one_epoch = 3 * dense * images / 1e12  # TMACs of one epoch of the unpruned model
+    metrics = {"epochs_used": 3.0, "train_tmacs": 1.5 * one_epoch}
+    state = RunState(base_macs=dense)
+    assert asha_time("epochs", metrics, state, images) == 3.0
+    assert asha_time("compute", metrics, state, images) == pytest.approx(1.5)
+
+
+def test_asha_max_t_bounds_every_trial_in_epochs() -> None:
+    raw = {"name": "a", "target_speedup": 2.0, "space": {"total_epochs": [2, 4], "max_stages": 2}}
+    epochs = config_from_dict(raw | {"cost": "epochs"}, "a.yaml")
+    compute = config_from_dict(raw, "a.yaml")
+    assert asha_max_t(epochs) == 4.0
+    # a distilled 4-epoch budget is 16/3 epochs; recalibration of 2 stages fits in the rest
+    assert asha_max_t(compute) > 4 * 4 / 3 + 2

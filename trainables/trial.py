@@ -19,7 +19,7 @@ import torch
 from ray import tune
 
 from pruning import schedule as schedule_io
-from pruning.compute import COSTS, DEFAULT_COST
+from pruning.compute import COSTS, DEFAULT_COST, dense_epochs
 from pruning.data import Dataset, DataSpec, load_dataset
 from pruning.models import load_pruned, save_pruned
 from pruning.run_info import ModelInfo, RunInfo, model_from_state
@@ -92,7 +92,7 @@ def run_trial(
         model = restored[0] if restored else baseline_model
         # The teacher is the baseline itself, also when the trial continues from a checkpoint.
         teacher = _baseline_model(context, baseline, data)[0] if schedule.distill else None
-        on_stage = _StageReporter(context, schedule, run, threads, ran)
+        on_stage = _StageReporter(context, schedule, run, threads, ran, len(data.train.labels))
         try:
             run_schedule(
                 model,
@@ -154,6 +154,18 @@ def _trial_run(
     )
 
 
+ASHA_TIME = "asha_time"  # ASHA's time attribute: the chosen cost, in epochs
+
+
+def asha_time(cost: str, metrics: dict[str, float], state: RunState, train_images: int) -> float:
+    """The cost so far in epochs: epochs themselves, or the compute in epochs of the unpruned
+    model (state.base_macs, known once the first stage pruned) on this trial's training data."""
+    if cost == "epochs":
+        return metrics["epochs_used"]
+    assert state.base_macs, "a stage reports after its prune, which counts the unpruned MACs"
+    return dense_epochs(metrics["train_tmacs"], state.base_macs, train_images)
+
+
 @dataclass(frozen=True)
 class _StageReporter:
     """run_schedule's on_stage: log the stage to MLflow, checkpoint it, report it to Tune."""
@@ -163,11 +175,13 @@ class _StageReporter:
     run: tracking.TrialRun
     threads: int
     model: ModelInfo  # what ran, for the final bundle's run section
+    train_images: int  # the training split's size: one epoch of ASHA's time
 
     def __call__(self, result: StageResult, pruned: torch.nn.Module, state: RunState) -> None:
         # "cost" is what Optuna minimises and ASHA's time: the chosen objective's metric
         metrics = result.metrics()
         metrics["cost"] = metrics[COSTS[self.context.cost].metric]
+        metrics[ASHA_TIME] = asha_time(self.context.cost, metrics, state, self.train_images)
         self.run.log_metrics(metrics, step=result.stage)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
