@@ -33,9 +33,10 @@ EPILOG = """examples:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunetune",
-        description="Search, apply and replay pruning schedules for CIFAR VGG19: find the\n"
-        "cheapest prune -> fine-tune schedule that reaches a MACs speed-up without losing\n"
-        "accuracy (Ray Tune + Optuna, tracked in MLflow).",
+        description="Search, apply and replay pruning schedules for CNNs (VGG19, ResNet-56,\n"
+        "MobileNetV2, torchvision models, your own): find the cheapest prune -> fine-tune\n"
+        "schedule that reaches a MACs speed-up without losing accuracy (Ray Tune + Optuna,\n"
+        "tracked in MLflow).",
         epilog=EPILOG,
         formatter_class=RAW,
     )
