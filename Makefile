@@ -28,7 +28,7 @@ $(DEPS_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-torch.txt
-	$(BIN)/pip install --quiet '.[dev]'
+	$(BIN)/pip install --quiet '.[dev,onnx]'
 	touch $@
 
 # The project itself is installed editable into the shared venv from *this* clone, every time
