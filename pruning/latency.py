@@ -17,11 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pruning.validate import positive_int
+from pruning.validate import positive_int, require
 
 BATCHES: tuple[int, ...] = (1, 64)  # one image (interactive) and a throughput batch
 WARMUP = 10
 RUNS = 60
+# What a search's trial and a replay measure with: a few runs per model, so a trial pays little
+# (the dense model and each stage's, at every batch size); the bench measures with more.
+STAGE_WARMUP = 5
+STAGE_RUNS = 20
 
 Timer = Callable[[], float]  # seconds, monotonic (time.perf_counter or a test's fake)
 
@@ -125,3 +129,57 @@ def measure_batches(
 def latency_speedup(dense: dict[int, Latency], pruned: dict[int, Latency]) -> dict[int, float]:
     """Dense median over pruned median for each batch size both were measured at."""
     return {b: dense[b].median_ms / pruned[b].median_ms for b in dense if b in pruned}
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How a schedule run measures latency (an experiment's `latency` section): the batch sizes
+    (the first one is the primary, reported as latency_ms / latency_speedup), warm-up and timed
+    runs per model and batch. enabled=False measures nothing (no latency metric is reported)."""
+
+    enabled: bool = True
+    batches: tuple[int, ...] = BATCHES
+    warmup: int = STAGE_WARMUP
+    runs: int = STAGE_RUNS
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.enabled, bool), "latency.enabled", self.enabled, "true or false")
+        require(
+            isinstance(self.batches, tuple) and len(self.batches) > 0,
+            "latency.batches",
+            self.batches,
+            "a non-empty list of batch sizes, e.g. [1, 64]",
+        )
+        for b in self.batches:
+            positive_int("latency.batches[]", b, minimum=1)
+        require(
+            len(set(self.batches)) == len(self.batches),
+            "latency.batches",
+            self.batches,
+            "each batch size once",
+        )
+        positive_int("latency.warmup", self.warmup)
+        positive_int("latency.runs", self.runs, minimum=2)  # the spread needs two timings
+
+    @property
+    def primary(self) -> int:
+        """The batch size latency_ms and latency_speedup are reported at."""
+        return self.batches[0]
+
+    def measure(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        device: torch.device | str = "cpu",
+        timer: Timer = time.perf_counter,
+    ) -> dict[int, Latency]:
+        """measure_batches with these settings, in the current torch threads."""
+        return measure_batches(
+            model,
+            example,
+            self.batches,
+            device=device,
+            warmup=self.warmup,
+            runs=self.runs,
+            timer=timer,
+        )

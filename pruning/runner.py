@@ -9,9 +9,11 @@ handed that baseline again as `teacher`."""
 from __future__ import annotations
 
 import copy
+import functools
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -19,6 +21,7 @@ from torch import nn
 from pruning.bn_recal import recal_loader, recalibrate_bn
 from pruning.compute import finetune_tmacs
 from pruning.data import Dataset
+from pruning.latency import Latency, LatencySettings, Timer
 from pruning.prune import PruneReport, count_macs_params, prune_to_speedup, sparsity_regularizer
 from pruning.schedule import Schedule, Stage
 from pruning.train import FitResult, fit, train_loader, validate
@@ -45,10 +48,22 @@ class StageResult:
     completed: bool  # True after the schedule's last stage
     widths: dict[str, int]
     narrowest: str
+    # Measured latency at the primary batch size (ms per batch, median) and the dense model's
+    # over it; None when latency is off (and the speed-up when the dense model was not measured).
+    latency_ms: float | None = None
+    latency_speedup: float | None = None
+    # Per batch size b: latency_ms_b<b>, latency_iqr_ms_b<b>, dense_latency_ms_b<b>,
+    # latency_speedup_b<b>; empty when latency is off.
+    latency: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """The numeric fields, for trackers and JSON."""
-        return {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float))}
+        """The numeric fields (per-batch latency included), for trackers and JSON."""
+        plain = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float))}
+        return plain | self.latency
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field for metrics.json, the per-batch latency keys at the top level."""
+        return {k: v for k, v in asdict(self).items() if k != "latency"} | self.latency
 
 
 @dataclass
@@ -62,6 +77,16 @@ class RunState:
     train_seconds: float = 0.0
     train_tmacs: float = 0.0  # cumulative compute, 10^12 MACs (pruning.compute)
     teacher_macs: int = 0  # MACs per image of the distillation teacher (0: no distillation)
+    # The unpruned model's latency per batch size, measured before the first prune (None: latency
+    # off, or a run continued from a checkpoint that did not measure it).
+    dense_latency: dict[int, Latency] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dense_latency is not None:  # from state.json: {"1": {...}} -> {1: Latency}
+            self.dense_latency = {
+                int(b): lat if isinstance(lat, Latency) else Latency(**lat)
+                for b, lat in self.dense_latency.items()
+            }
 
 
 def _teacher(
@@ -190,9 +215,12 @@ def _stage_result(
     pruned: PruneReport,
     accs: _Accuracies,
     stage_tmacs: float,
+    latency: dict[int, Latency] | None = None,
 ) -> StageResult:
-    """Stage `index`'s (0-based) report, with `state`'s cumulative counts."""
+    """Stage `index`'s (0-based) report, with `state`'s cumulative counts and the pruned model's
+    `latency` (None: not measured)."""
     stage = schedule.stages[index]
+    primary, per_batch = _latency_metrics(state.dense_latency, latency)
     return StageResult(
         stage=index + 1,
         speedup=pruned.speedup,
@@ -213,7 +241,31 @@ def _stage_result(
         completed=index + 1 == len(schedule.stages),
         widths=pruned.widths_after,
         narrowest=pruned.narrowest,
+        latency_ms=primary[0],
+        latency_speedup=primary[1],
+        latency=per_batch,
     )
+
+
+def _latency_metrics(
+    dense: dict[int, Latency] | None, pruned: dict[int, Latency] | None
+) -> tuple[tuple[float | None, float | None], dict[str, float]]:
+    """((latency_ms, latency_speedup) at the first batch size measured, the per-batch values).
+    No measurement: (None, None) and nothing; no dense measurement: no speed-ups."""
+    if not pruned:
+        return (None, None), {}
+    per_batch: dict[str, float] = {}
+    for b, lat in pruned.items():
+        per_batch[f"latency_ms_b{b}"] = lat.median_ms
+        per_batch[f"latency_iqr_ms_b{b}"] = lat.iqr_ms
+        if dense and b in dense:
+            per_batch[f"dense_latency_ms_b{b}"] = dense[b].median_ms
+            per_batch[f"latency_speedup_b{b}"] = dense[b].median_ms / lat.median_ms
+    first = next(iter(pruned))
+    return (pruned[first].median_ms, per_batch.get(f"latency_speedup_b{first}")), per_batch
+
+
+Measure = Callable[[nn.Module], dict[int, Latency]]  # a model's latency per batch size
 
 
 def _run_stage(
@@ -228,13 +280,15 @@ def _run_stage(
     example: torch.Tensor,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
     teacher: nn.Module | None = None,
+    measure: Measure | None = None,
 ) -> StageResult:
-    """Stage `index` (0-based): prune, evaluate, recalibrate BN, evaluate, fine-tune (distilled
-    from `teacher` when given), evaluate, count, report."""
+    """Stage `index` (0-based): prune, measure latency (when `measure`), evaluate, recalibrate
+    BN, evaluate, fine-tune (distilled from `teacher` when given), evaluate, count, report."""
     stage = schedule.stages[index]
     stage_seed = seed + index + 1  # its own RNG, so a resumed run takes the same path
     torch.manual_seed(stage_seed)
     pruned = _prune(model, schedule, stage.speedup, state, example)
+    latency = measure(model) if measure is not None else None  # no RNG: the path is unchanged
     acc_after_prune, _ = validate(model, data, device)
     recal_images = _recalibrate(model, data, schedule, stage_seed, device)
     acc_after_recal = validate(model, data, device)[0] if recal_images else acc_after_prune
@@ -246,7 +300,7 @@ def _run_stage(
     state.train_seconds += fitted.seconds
     state.train_tmacs += tmacs
     accs = _Accuracies(acc_after_prune, acc_after_recal, recal_images, acc, loss)
-    return _stage_result(index, schedule, state, pruned, accs, tmacs)
+    return _stage_result(index, schedule, state, pruned, accs, tmacs, latency)
 
 
 def run_schedule(
@@ -260,17 +314,25 @@ def run_schedule(
     on_stage: Callable[[StageResult, nn.Module, RunState], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     teacher: nn.Module | None = None,
+    latency: LatencySettings | None = None,
+    timer: Timer = time.perf_counter,
 ) -> list[StageResult]:
     """Apply `schedule` to `model` in place, from stage `state.done` on (0: from the start).
 
     `on_stage` sees each finished stage with the pruned model and the state to checkpoint.
     Every stage seeds its own RNG (seed + stage), so a run continued from a checkpoint takes
     the same path as one that never stopped. `teacher`: the unpruned baseline a distilling
-    schedule learns from (default: a copy of `model` when starting from stage 0).
+    schedule learns from (default: a copy of `model` when starting from stage 0). `latency`
+    (enabled): the unpruned model is timed once before the first prune, in this process and
+    its torch threads (kept in `state`), and each stage's pruned model after its prune, with
+    `timer` (a test's fake clock, else time.perf_counter).
     """
     state = state or RunState()
     h, w = data.train.images.shape[2:]
     example = torch.zeros(1, 3, h, w)  # (1, 3, H, W): only shapes matter for tracing and MACs
+    measure = _measurer(latency, example, device, timer)
+    if measure is not None and state.done == 0 and state.dense_latency is None:
+        state.dense_latency = measure(model)
     teacher = _teacher(model, schedule, state, teacher, example)
     if state.done == 0 and schedule.sparse is not None:
         _sparse_phase(model, data, schedule, state, device, seed, example, on_epoch)
@@ -287,8 +349,18 @@ def run_schedule(
             example=example,
             on_epoch=on_epoch,
             teacher=teacher,
+            measure=measure,
         )
         results.append(result)
         if on_stage is not None:
             on_stage(result, model, state)
     return results
+
+
+def _measurer(
+    latency: LatencySettings | None, example: torch.Tensor, device: torch.device, timer: Timer
+) -> Measure | None:
+    """A model -> its latency per batch size on `device` (None when latency is off)."""
+    if latency is None or not latency.enabled:
+        return None
+    return functools.partial(latency.measure, example=example, device=device, timer=timer)
