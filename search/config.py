@@ -26,7 +26,8 @@ from pruning.run_info import ModelInfo, with_model_section
 from pruning.schedule import DEFAULT_TEMPERATURE, MAX_SPEEDUP, MAX_TEMPERATURE, Training
 from pruning.train import LR_SCHEDULES
 from pruning.validate import build_dataclass, did_you_mean, number_in, positive_int, require
-from search.space import SAMPLERS, checked_points
+from search.space import checked_points
+from search.strategies import DEFAULT_STRATEGY, check_strategy, migrate
 from trainables.point import DIMENSIONS, Dimension, min_channels_for
 
 # MLflow tracking stores by URI scheme (a database's may name a driver: postgresql+psycopg2).
@@ -174,7 +175,9 @@ class ExperimentConfig:
     # Budgets (space.total_epochs, asha.grace_epochs) stay in epochs either way.
     cost: str = DEFAULT_COST
     points: tuple[dict[str, Any], ...] = ()  # known schedules to try first (trial-config keys)
-    sampler: str = "tpe"
+    # How trials are chosen (search.strategies.STRATEGIES); files that say `sampler` still read.
+    strategy: str = DEFAULT_STRATEGY
+    n_startup_trials: int | None = None  # None: max(2, min(10, num_trials // 4))
     seed: int = 0
     num_trials: int = 8
     max_concurrent: int = 2
@@ -201,7 +204,7 @@ class ExperimentConfig:
             getattr(self.model, "width", self.model),
             "a number: the channel multiplier the search's model is built with",
         )
-        SAMPLERS.check("sampler", self.sampler)
+        check_strategy(self)
         COSTS.check("cost", self.cost)
         positive_int("seed", self.seed)
         positive_int("num_trials", self.num_trials, minimum=1)
@@ -346,7 +349,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
         raise ValueError(f"{source} must hold a mapping of settings")
     raw = dict(raw)
     try:
-        raw = with_model_section(raw)
+        raw = migrate(with_model_section(raw))
         for key, cls in _SECTIONS.items():
             section = raw.get(key) or {}
             if key == "space" and isinstance(section, dict):

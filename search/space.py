@@ -1,4 +1,5 @@
-"""The Tune search space, the samplers and the searcher (Optuna, two objectives).
+"""The Tune search space and the searcher (Optuna, two objectives; its sampler is the config's
+strategy, search/strategies.py).
 
 The dimensions themselves are one table, trainables.point.TrialPoint; this module turns them
 into Tune domains, and names the points Optuna is told first (the reference recipe, `points`).
@@ -6,7 +7,6 @@ into Tune domains, and names the points Optuna is told first (the reference reci
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -14,26 +14,15 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from pruning.registry import Registry
 from pruning.schedule import Schedule
+from search.strategies import make_sampler
 from trainables.point import Dimension, TrialPoint, keyed_dimensions, point_from_user
 from trainables.point import reference_point as reference_of_space
 
-if TYPE_CHECKING:  # search.config imports SAMPLERS from here
+if TYPE_CHECKING:  # search.config imports checked_points from here
     from search.config import ExperimentConfig, SpaceConfig
 
 OBJECTIVES = {"val_acc": "max", "cost": "min"}  # last stage's accuracy; the config's cost
-
-# name -> sampler(seed). The space is static (per-stage keys always drawn), so multivariate TPE
-# models the interactions between stages without falling back to random sampling.
-SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry(
-    "sampler",
-    {
-        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
-        "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
-        "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    },
-)
 
 
 def _tune_domain(dim: Dimension, space: SpaceConfig) -> Any:
@@ -98,7 +87,7 @@ def make_searcher(config: ExperimentConfig, storage_url: str) -> ConcurrencyLimi
         metric=list(OBJECTIVES),
         mode=list(OBJECTIVES.values()),
         points_to_evaluate=points,
-        sampler=SAMPLERS[config.sampler](config.seed),
+        sampler=make_sampler(config),
         storage=optuna.storages.RDBStorage(storage_url),
         study_name=config.name,
     )

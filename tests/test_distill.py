@@ -22,7 +22,8 @@ from pruning.runner import RunState, run_schedule
 from pruning.schedule import Distill, Schedule, Stage, Training
 from pruning.train import NonFiniteLossError, distillation_loss, fit
 from search.config import SpaceConfig, config_from_dict, load_config
-from search.space import SAMPLERS, describe_space, known_points, param_space
+from search.space import describe_space, known_points, param_space
+from search.strategies import make_sampler
 from trainables.point import TrialPoint, flat_params, point_from_user, reference_point
 
 CPU = torch.device("cpu")
@@ -319,10 +320,10 @@ def test_a_space_without_distillation_draws_the_demos_points(tmp_path: Path) -> 
             space=space,
             metric=["val_acc", "cost"],
             mode=["max", "min"],
-            sampler=SAMPLERS[config.sampler](config.seed),
+            sampler=make_sampler(config),
         )
         points = []
-        for i in range(14):  # past TPE's 10 random start-up trials
+        for i in range(14):  # past TPE's random start-up trials
             point = searcher.suggest(str(i))
             searcher.on_trial_complete(str(i), {"val_acc": point["lr_0"], "cost": i % 3})
             points.append({k: v for k, v in point.items() if not k.startswith("distill")})

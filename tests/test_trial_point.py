@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import optuna
 import pytest
 import yaml
 
 from pruning.schedule import Training
 from search.cli import main
 from search.config import ExperimentConfig, MlflowConfig, SpaceConfig, config_from_dict
-from search.space import SAMPLERS, describe_space, known_points, param_space
+from search.space import describe_space, known_points, param_space
 from trainables.point import (
     DIMENSIONS,
     TrialPoint,
@@ -54,13 +53,6 @@ def test_reference_point_is_the_recipe_and_logs_its_coordinates() -> None:
     params = flat_params(schedule, point)
     assert params["n_stages"] == 1 and params["stage_1.epochs"] == 4
     assert params["point.lr_1"] == 0.01 and params["point.importance"] == "group_norm"
-
-
-def test_samplers_registry() -> None:
-    assert SAMPLERS.names() == ("tpe", "nsga2", "random")
-    assert isinstance(SAMPLERS["tpe"](0), optuna.samplers.TPESampler)
-    with pytest.raises(ValueError, match="did you mean 'nsga2'"):
-        SAMPLERS.check("sampler", "nsga")
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,7 @@ class Study:
                 "sparse_epochs": [0],
             },
             "reference_trial": True,
-            "sampler": "tpe",
+            "strategy": "tpe",
             "seed": 0,
             "num_trials": s["num_trials"],
             "max_concurrent": s["max_concurrent"],

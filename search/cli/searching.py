@@ -23,6 +23,7 @@ from search.progress import say
 from search.report.data import read_report_data
 from search.report.html import build_html
 from search.space import describe_space
+from search.strategies import describe as describe_strategy
 from search.trials import TrialRow, load_rows, rows_with_ray_fallback, search_cost, tag_front
 from trainables import tracking
 
@@ -117,6 +118,7 @@ def _dry_run(config: ExperimentConfig) -> dict[str, Any]:
         "model": config.model_spec.describe(),
         "config": config_to_dict(config),
         "search_space": describe_space(config.space),
+        "strategy": describe_strategy(config),
         "tracking_uri": config.tracking_uri,
         "storage": str(config.storage),
     }
