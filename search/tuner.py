@@ -7,6 +7,7 @@ import dataclasses
 import importlib.metadata as md
 import json
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from ray.tune.schedulers import ASHAScheduler
 from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
 from pruning.run_info import ModelInfo, file_sha256
+from search.accounting import AnytimeCurve, Spent, log_spent, previous_wall, spent
 from search.callbacks import TrialProgress
 from search.cluster import check_resources, init_ray
 from search.config import ExperimentConfig, config_to_dict
 from search.lock import search_lock
 from search.progress import say
 from search.space import describe_space, is_reference, make_searcher, param_space
+from search.strategies import migrate
 from trainables import tracking
 from trainables.trial import ASHA_TIME, TrialContext, run_trial
 
@@ -37,6 +40,8 @@ class SearchOutcome:
     parent_run_id: str
     experiment_id: str
     results: list[dict[str, Any]]  # one per trial: trial_id, config, metrics, error
+    spent: Spent  # the fine-tune compute of all trials (search.accounting)
+    wall_s: float  # wall seconds of the trials, earlier sessions of a resumed search included
 
 
 def git_commit() -> str:
@@ -159,7 +164,7 @@ def check_resumable(config: ExperimentConfig, force: bool) -> None:
     if not stored.is_file():
         say(f"--resume: {stored} is missing, so the config cannot be compared; resuming")
         return
-    before = _flatten(yaml.safe_load(stored.read_text()) or {})
+    before = _flatten(migrate(yaml.safe_load(stored.read_text()) or {}))
     now = _flatten(config_to_dict(config))
     differ = sorted(
         k
@@ -225,7 +230,12 @@ def _tuner(
             storage_path=str(config.storage),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[TrialProgress(config.num_trials, config.cost_objective)],
+            callbacks=[
+                TrialProgress(config.num_trials, config.cost_objective),
+                AnytimeCurve(
+                    config.tracking_uri, context.parent_run_id, config.cost_objective.metric
+                ),
+            ],
             verbose=0,
         ),
     )
@@ -285,8 +295,12 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         baseline_path=baseline_path,
         baseline_sha256=file_sha256(baseline_path),
         cost=config.cost,
+        latency=config.latency,
     )
-    grid = _tuner(config, _trainable(config, context, baseline), resume, context).fit()
+    tuner = _tuner(config, _trainable(config, context, baseline), resume, context)
+    wall_before, started = previous_wall(config.tracking_uri, parent), time.monotonic()
+    grid = tuner.fit()
+    wall_s = wall_before + time.monotonic() - started
     results = [
         {
             "trial_id": r.metrics.get("trial_id") if r.metrics else None,
@@ -297,7 +311,12 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         }
         for r in grid
     ]
-    return SearchOutcome(parent, experiment_id, results)
+    total = spent((r["metrics"] for r in results), config.cost_objective.metric)
+    try:
+        log_spent(config.tracking_uri, parent, total, wall_s)
+    except RuntimeError as err:
+        say(f"warning: the search's compute and wall time were not logged to MLflow ({err})")
+    return SearchOutcome(parent, experiment_id, results, total, wall_s)
 
 
 def failure_summary(results: list[dict[str, Any]]) -> str | None:

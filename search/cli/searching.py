@@ -15,6 +15,7 @@ import yaml
 
 from pruning.compute import CostObjective
 from pruning.data import check_root
+from search.accounting import describe_spent
 from search.cli.options import command, out_folder, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
 from search.export import export_trial
@@ -105,11 +106,15 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         reference = [r["trial_id"] for r in outcome.results if r["reference"]]
         summary = finish_search(config, outcome.parent_run_id, reference)
     failed = sum(1 for r in outcome.results if r["error"])
+    stopped = sum(1 for r in outcome.results if not (r["error"] or r["metrics"].get("completed")))
+    unit = config.cost_objective.unit
+    say(describe_spent(outcome.spent, outcome.wall_s, unit, stopped, failed))
     say(
         f"{len(outcome.results)} trials, {failed} failed; MLflow UI: "
         f"{tracking.ui_command(config.tracking_uri)}"
     )
-    return summary | {"parent_run_id": outcome.parent_run_id, "failed": failed}
+    spent = {"search_cost": outcome.spent.cost, "wall_s": round(outcome.wall_s, 1)}
+    return summary | {"parent_run_id": outcome.parent_run_id, "failed": failed} | spent
 
 
 def _dry_run(config: ExperimentConfig) -> dict[str, Any]:
