@@ -83,8 +83,9 @@ def measure(
 ) -> Latency:
     """Latency of `model` on a batch of `batch` inputs shaped like `example` (1, C, H, W).
 
-    The model is put in eval mode on `device` (its previous training flag is restored); the
-    input is zeros (latency of dense convs does not depend on the values).
+    The model is put in eval mode on `device` (its previous training flag is restored), on CUDA
+    in channels_last as training leaves it; the input is zeros (latency of dense convs does not
+    depend on the values).
     """
     threads = torch.get_num_threads() if threads is None else threads
     for name, value, least in (("batch", batch, 1), ("runs", runs, 2), ("threads", threads, 1)):
@@ -94,6 +95,12 @@ def measure(
     x = torch.zeros((batch, *example.shape[1:]), dtype=example.dtype, device=device)
     was_training = model.training
     model.to(device).eval()
+    if device.type == "cuda" and x.dim() == 4:
+        # Training's layout (pruning.train), whatever the model last ran in: a model fine-tuned
+        # on CUDA is channels_last, an unpruned one just loaded is not, and timing the two in
+        # different layouts would put the layout change into their speed-up.
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     try:
         with torch_threads(threads), torch.inference_mode():
             times = _timed_runs(model, x, device, warmup, runs, timer)
