@@ -9,6 +9,7 @@ recount checks the landing and, in the rare case the prediction was off, prunes 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from torch import nn
 from pruning.importance import IMPORTANCES, make_importance
 from pruning.models import layer_widths, model_entry
 from pruning.registry import Registry
+from pruning.validate import positive_int
 
 TOLERANCE = 0.01  # the landing must be within +-1% of the requested MACs ratio
 MAX_PRUNES = 3  # one prune lands; the others only run if the MACs model was off
@@ -30,6 +32,11 @@ MAX_PRUNES = 3  # one prune lands; the others only run if the MACs model was off
 # convolutions to 1-4 channels.
 MIN_CHANNELS = 4
 MIN_CHANNEL_RATIO = 0.1
+# Widths a pruned group may keep: multiples of round_to (1: any width, Torch-Pruning's default).
+# Channel counts that are multiples of 8 or 16 fill SIMD lanes and tensor-core tiles, so they can
+# run faster than the same MACs at odd widths. A group narrower than round_to, or whose width is
+# not a multiple of it, may also stay whole (it is never widened).
+ROUND_TO = 1
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,9 @@ class PruneReport:
     original_widths: dict[str, int]
     narrowest: str  # the layer with the lowest kept fraction of its original channels
     seconds: float
+    # Every pruned group's width is a multiple of it. Above 1 the landing is the closest these
+    # widths allow, which may be more than TOLERANCE from target_speedup (speedup says where).
+    round_to: int = ROUND_TO
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,22 +69,38 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     return int(macs), int(params)
 
 
-def channel_floor(original: int, min_channels: int, min_channel_ratio: float) -> int:
-    return min(original, max(min_channels, math.ceil(min_channel_ratio * original), 1))
+def round_up(channels: int, round_to: int) -> int:
+    """The smallest multiple of round_to that is >= channels."""
+    return -(-channels // round_to) * round_to
+
+
+def channel_floor(
+    original: int, min_channels: int, min_channel_ratio: float, round_to: int = ROUND_TO
+) -> int:
+    """The fewest channels a layer of `original` channels may keep: the floor rounded up to a
+    multiple of round_to, never more than `original` (a layer narrower than round_to, or cut
+    to its floor's multiple past its width, keeps every channel)."""
+    floor = max(min_channels, math.ceil(min_channel_ratio * original), 1)
+    return min(original, round_up(floor, round_to))
 
 
 def layer_floors(
-    original_widths: dict[str, int], min_channels: int, min_channel_ratio: float
+    original_widths: dict[str, int],
+    min_channels: int,
+    min_channel_ratio: float,
+    round_to: int = ROUND_TO,
 ) -> dict[str, int]:
     """The fewest output channels each layer may keep, by module name."""
     return {
-        n: channel_floor(c, min_channels, min_channel_ratio) for n, c in original_widths.items()
+        n: channel_floor(c, min_channels, min_channel_ratio, round_to)
+        for n, c in original_widths.items()
     }
 
 
 def speedup_cap(min_channel_ratio: float) -> float:
     """About the largest speed-up a ratio floor allows: 1 / ratio^2, since a conv's MACs scale
-    with in x out channels. Infinite without a ratio floor."""
+    with in x out channels. Infinite without a ratio floor. It stays an upper bound at any
+    round_to (rounding only raises floors); floor_speedup gives a model's own cap with it."""
     return math.inf if min_channel_ratio <= 0 else 1.0 / min_channel_ratio**2
 
 
@@ -256,14 +282,41 @@ def _removal_order(scores: list[torch.Tensor], ranking: str) -> tuple[torch.Tens
     return group_ids[order], channels[order]
 
 
+@dataclass(frozen=True)
+class _Widths:
+    """The widths each group may keep: multiples of round_to from its floor up to its current
+    size, and the size itself (a group is never widened, and one whose size is not a multiple
+    may stay whole). With round_to 1: every count from the floor to the size."""
+
+    sizes: list[int]  # each group's current channels
+    floors: list[int]  # a multiple of round_to, or the group's size (it cannot be pruned)
+    round_to: int
+
+    def up(self, g: int, width: int) -> int:
+        """The narrowest allowed width of group g that keeps at least `width` channels."""
+        w = max(round_up(width, self.round_to), self.floors[g])
+        return min(w, self.sizes[g])
+
+    def narrower(self, g: int, width: int) -> int | None:
+        """The next allowed width below `width` (None at the floor)."""
+        w = (width - 1) // self.round_to * self.round_to
+        return w if w >= self.floors[g] and w > 0 else None
+
+    def wider(self, g: int, width: int) -> int | None:
+        """The next allowed width above `width` (None at the size)."""
+        return None if width >= self.sizes[g] else self.up(g, width + 1)
+
+
 def _refine_landing(
-    keep: list[int], sizes: list[int], floors: list[int], predict: _MacsModel, target_macs: float
+    keep: list[int], widths: _Widths, predict: _MacsModel, target_macs: float
 ) -> list[int]:
-    """Nudge per-group counts by single channels until the prediction is close to the target.
+    """Nudge per-group counts by one allowed step until the prediction is close to the target.
 
     Needed on small models, where the next channel in ranking order can move MACs by several %
-    (one channel of an 8-wide 32x32 layer is ~10% of a width-0.125 VGG19 at 8.84x). Each move
-    removes a group's next least important channel or restores its most important removed one.
+    (one channel of an 8-wide 32x32 layer is ~10% of a width-0.125 VGG19 at 8.84x), and with
+    round_to, whose steps are round_to channels. Each move removes a group's next least
+    important channels or restores its most important removed ones; it stops where no single
+    move comes closer, the closest these widths land.
     """
 
     def miss(k: list[int]) -> float:
@@ -272,12 +325,12 @@ def _refine_landing(
     for _ in range(4 * len(keep)):
         if miss(keep) < TOLERANCE / 4:
             break
-        moves = [
-            [*keep[:g], keep[g] + d, *keep[g + 1 :]]
+        steps = (
+            (g, step(g, keep[g]))
             for g in range(len(keep))
-            for d in (-1, 1)
-            if floors[g] <= keep[g] + d <= sizes[g]
-        ]
+            for step in (widths.narrower, widths.wider)
+        )
+        moves = [[*keep[:g], w, *keep[g + 1 :]] for g, w in steps if w is not None]
         best = min(moves, key=miss, default=keep)
         if miss(best) >= miss(keep):
             break
@@ -286,26 +339,31 @@ def _refine_landing(
 
 
 def _plan_keep(
-    scores: list[torch.Tensor],
-    floors: list[int],
-    ranking: str,
-    predict: _MacsModel,
-    request: _Request,
+    scores: list[torch.Tensor], widths: _Widths, predict: _MacsModel, request: _Request
 ) -> list[torch.Tensor]:
-    """Per group, the channels to remove: the fewest whose predicted MACs reach the target."""
-    group_ids, channels = _removal_order(scores, ranking)
-    sizes = torch.tensor([len(s) for s in scores])
-    floor_t = torch.tensor(floors)
+    """Per group, the channels to remove: the fewest whose predicted MACs reach the target,
+    in blocks that leave every pruned group a multiple of round_to. No channel at all when the
+    model as it is lands closer than any such plan (possible only with round_to > 1)."""
+    group_ids, channels = _removal_order(scores, request.ranking)
+    sizes, floor_t, r = torch.tensor(widths.sizes), torch.tensor(widths.floors), widths.round_to
 
     def keep_after(k: int) -> list[int]:
-        """Channels each group keeps once the first k channels in removal order are gone."""
+        """Channels each group keeps once the first k channels in removal order are gone,
+        rounded up to an allowed width (so it never grows with k)."""
         removed = torch.bincount(group_ids[:k], minlength=len(scores))
-        return torch.maximum(sizes - removed, floor_t).tolist()
+        keep = torch.maximum(sizes - removed, floor_t)  # floors are multiples or the size
+        return torch.minimum((keep + r - 1) // r * r, sizes).tolist()
 
     k = _fewest_removals(keep_after, len(group_ids), predict, request)
-    keep = _refine_landing(keep_after(k), sizes.tolist(), floors, predict, request.target_macs)
+    keep = _refine_landing(keep_after(k), widths, predict, request.target_macs)
+    if _miss(predict(widths.sizes), request) <= _miss(predict(keep), request):
+        keep = widths.sizes
     # Remove, per group, its least important channels (in removal order) down to `keep`.
     return [channels[group_ids == g][: len(s) - keep[g]] for g, s in enumerate(scores)]
+
+
+def _miss(macs: float, request: _Request) -> float:
+    return abs(math.log(macs / request.target_macs))
 
 
 def _fewest_removals(
@@ -314,14 +372,18 @@ def _fewest_removals(
     """Bisection: the smallest k whose keep_after(k) is predicted at or under the target."""
     target_macs = request.target_macs
     floor_macs = predict(keep_after(total))
+    if floor_macs > target_macs and request.floor_checked:
+        # A later prune's MACs model (calibrated on the pruned model) can put the floor a
+        # little above a target the first one found reachable: go as far as the floor allows.
+        return total
     if floor_macs > target_macs:
         raise ValueError(
             f"the channel floor makes the target unreachable: the requested "
             f"{request.base_macs / target_macs:.3f}x needs {target_macs / 1e6:.2f}M MACs, and "
             f"even with every prunable group cut to its floor the model keeps "
             f"{floor_macs / 1e6:.2f}M: the most it can reach is "
-            f"{request.base_macs / floor_macs:.3f}x; lower min_channels / min_channel_ratio or "
-            "the speed-up"
+            f"{request.base_macs / floor_macs:.3f}x; lower min_channels / min_channel_ratio"
+            f"{' / round_to' if request.round_to > 1 else ''} or the speed-up"
         )
     lo, hi = 0, total
     while lo < hi:  # predicted MACs never rise as k grows
@@ -333,7 +395,8 @@ def _fewest_removals(
     return lo
 
 
-def _apply(dg: tp.DependencyGraph, roots: list[nn.Module], removals: list[torch.Tensor]) -> None:
+def _apply(dg: tp.DependencyGraph, roots: list[nn.Module], removals: list[torch.Tensor]) -> int:
+    """Prune the planned channels; how many were removed."""
     for root, idxs in zip(roots, removals, strict=True):
         if len(idxs) == 0:
             continue
@@ -341,6 +404,7 @@ def _apply(dg: tp.DependencyGraph, roots: list[nn.Module], removals: list[torch.
             root, dg.get_pruner_of_module(root).prune_out_channels, idxs.tolist()
         )
         group.prune()
+    return sum(len(idxs) for idxs in removals)
 
 
 @dataclass(frozen=True)
@@ -351,8 +415,12 @@ class _Request:
     target_macs: float  # base_macs / speed-up
     importance: str
     ranking: str
-    floors: dict[str, int]  # layer name -> fewest output channels it may keep
+    floors: dict[str, int]  # layer name -> fewest output channels it may keep (rounded up)
     ignored_layers: tuple[nn.Module, ...]
+    round_to: int = ROUND_TO  # every pruned group's width is a multiple of it
+    # Set after the first prune: the floor's reach was checked against the unpruned model's
+    # prediction (the one floor_speedup makes), so later prunes do not raise for it again.
+    floor_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -442,31 +510,36 @@ def _score_channels(
 
 def _prune_once(
     model: nn.Module, example_inputs: torch.Tensor, macs_now: int, request: _Request
-) -> None:
-    """Score every channel once, plan the widths predicted to land on the target, prune."""
+) -> int:
+    """Score every channel once, plan the widths predicted to land on the target, prune;
+    how many channels were removed."""
     dg, groups, roots, trace, scores = _score_channels(model, example_inputs, request)
+    sizes = [len(s) for s in scores]
     # A group already at or below its floor keeps everything it has.
     floors = [
-        min(len(s), f)
-        for s, f in zip(scores, _group_floors(model, dg, groups, request.floors), strict=True)
+        min(size, f)
+        for size, f in zip(sizes, _group_floors(model, dg, groups, request.floors), strict=True)
     ]
     predict = _MacsModel(trace, dg, roots, macs_now)
-    removals = _plan_keep(scores, floors, request.ranking, predict, request)
-    _apply(dg, roots, removals)
+    removals = _plan_keep(scores, _Widths(sizes, floors, request.round_to), predict, request)
+    return _apply(dg, roots, removals)
 
 
 def _prune_until_landed(
     model: nn.Module, example_inputs: torch.Tensor, before: _Size, request: _Request
 ) -> _Size:
-    """Prune, recount, and prune again only while the real MACs are still above the target;
-    the size reached."""
+    """Prune, recount, and prune again only while the real MACs are still above the target
+    and a prune still removes something; the size reached. With round_to 1 the landing must be
+    within TOLERANCE; above 1 it is the closest the rounded widths allow."""
     macs, params = before.macs, before.params
     for _ in range(MAX_PRUNES):
         if macs <= request.target_macs * (1 + TOLERANCE / 2):
             break
-        _prune_once(model, example_inputs, macs, request)
+        if not _prune_once(model, example_inputs, macs, request):
+            break  # no plan lands closer than the model as it is
         macs, params = count_macs_params(model, example_inputs)
-    else:
+        request = dataclasses.replace(request, floor_checked=True)
+    if request.round_to == 1:
         _check_reached(macs, request)
     return _Size(macs, params, layer_widths(model))
 
@@ -480,16 +553,19 @@ def _check_reached(macs: int, request: _Request) -> None:
         )
 
 
-def _check_request(speedup: float, importance: str, ranking: str) -> None:
+def _check_request(speedup: float, importance: str, ranking: str, round_to: int) -> None:
     IMPORTANCES.check("importance", importance)
     RANKINGS.check("ranking", ranking)
     if not speedup >= 1.0:
         raise ValueError(f"speedup={speedup!r} is invalid: it must be >= 1")
+    positive_int("round_to", round_to, minimum=1)
 
 
-def _target_macs(base_macs: int, macs_before: int, speedup: float) -> float:
+def _target_macs(base_macs: int, macs_before: int, speedup: float, round_to: int) -> float:
+    """The MACs to land on. Past them already is an error (speed-ups increase stage by stage),
+    except with round_to > 1, whose previous landing may overshoot: then nothing is pruned."""
     target_macs = base_macs / speedup
-    if macs_before < target_macs * (1 - TOLERANCE):
+    if round_to == 1 and macs_before < target_macs * (1 - TOLERANCE):
         raise ValueError(
             f"the model is already at {base_macs / macs_before:.3f}x, past the "
             f"requested {speedup:.3f}x; speed-ups must increase stage by stage"
@@ -509,29 +585,36 @@ def prune_to_speedup(
     min_channel_ratio: float = MIN_CHANNEL_RATIO,
     original_widths: dict[str, int] | None = None,
     ignored_layers: Sequence[nn.Module] = (),
+    round_to: int = ROUND_TO,
 ) -> PruneReport:
     """Prune `model` in place until base_macs / MACs is within 1% of `speedup`.
 
     `base_macs` and `original_widths` describe the unpruned model; pass them (from the first
     stage's report) when pruning an already-pruned model stage after stage. The floor is taken
     against `original_widths`. The classifier's output layer is never pruned.
+
+    `round_to` > 1 keeps every pruned group's width a multiple of it (floors rounded up to one;
+    a group narrower than round_to, or not a multiple of it, either stays whole or is cut to a
+    multiple) and lands as close to `speedup` as such widths allow, which may be more than 1%
+    off on a small model: the report's speedup says where it landed.
     """
-    _check_request(speedup, importance, ranking)
+    _check_request(speedup, importance, ranking, round_to)
     start = time.perf_counter()
     before = _size(model, example_inputs)
     base_macs = base_macs or before.macs
     original_widths = dict(original_widths or before.widths)
     request = _Request(
         base_macs=base_macs,
-        target_macs=_target_macs(base_macs, before.macs, speedup),
+        target_macs=_target_macs(base_macs, before.macs, speedup, round_to),
         importance=importance,
         ranking=ranking,
-        floors=layer_floors(original_widths, min_channels, min_channel_ratio),
+        floors=layer_floors(original_widths, min_channels, min_channel_ratio, round_to),
         ignored_layers=tuple(ignored_layers),
+        round_to=round_to,
     )
     after = _prune_until_landed(model, example_inputs, before, request)
     seconds = time.perf_counter() - start
-    return _report(before, after, base_macs, speedup, original_widths, seconds)
+    return _report(before, after, base_macs, speedup, original_widths, seconds, round_to)
 
 
 def _report(
@@ -541,6 +624,7 @@ def _report(
     speedup: float,
     original_widths: dict[str, int],
     seconds: float,
+    round_to: int,
 ) -> PruneReport:
     # The narrowest layer: the one that kept the lowest fraction of its original channels.
     widths = after.widths
@@ -558,6 +642,7 @@ def _report(
         original_widths=original_widths,
         narrowest=narrowest,
         seconds=seconds,
+        round_to=round_to,
     )
 
 
@@ -566,13 +651,15 @@ def floor_speedup(
     example_inputs: torch.Tensor,
     min_channels: int = MIN_CHANNELS,
     min_channel_ratio: float = MIN_CHANNEL_RATIO,
+    round_to: int = ROUND_TO,
 ) -> float:
     """The largest speed-up the per-layer floor lets this unpruned model reach: every prunable
-    layer cut to its floor, predicted as prune_to_speedup predicts it (no pruning is done).
-    Any target above it is unreachable, whatever the importance, ranking or stages."""
+    layer cut to its floor (rounded up to a multiple of round_to), predicted as
+    prune_to_speedup predicts it (no pruning is done). Any target above it is unreachable,
+    whatever the importance, ranking or stages."""
     macs, _ = count_macs_params(model, example_inputs)
     dg, groups, roots, trace = _prunable_groups(model, example_inputs)
-    floors = layer_floors(layer_widths(model), min_channels, min_channel_ratio)
+    floors = layer_floors(layer_widths(model), min_channels, min_channel_ratio, round_to)
     predict = _MacsModel(trace, dg, roots, macs)
     return macs / predict(_group_floors(model, dg, groups, floors))
 

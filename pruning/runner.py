@@ -157,6 +157,7 @@ def _prune(
         ranking=schedule.ranking,
         min_channels=schedule.min_channels,
         min_channel_ratio=schedule.min_channel_ratio,
+        round_to=schedule.round_to,
         original_widths=state.original_widths,
     )
     state.base_macs, state.original_widths = report.base_macs, report.original_widths

@@ -5,7 +5,7 @@ A schedule file is the export format of a search and the input of `prunetune rep
     format: prunetune.schedule
     version: 2
     schedule: {target_speedup, importance, ranking, min_channels, min_channel_ratio,
-               sparse, training, distill, bn_recalibration_batches,
+               sparse, training, distill, bn_recalibration_batches, round_to,
                stages: [{speedup, epochs, lr, lr_schedule}, ...]}
     run: {model: {arch, width, num_classes}, data: {...}, seed, checkpoint,
           checkpoint_sha256, threads}       # optional: where it ran (pruning.run_info.RunInfo)
@@ -13,7 +13,7 @@ A schedule file is the export format of a search and the input of `prunetune rep
 Every key of every section is checked; an unknown one is an error with a did-you-mean. Version 1
 files (the same, with an untyped `run` section of absolute or working-directory paths) are
 migrated on read. `distill` is optional (null: plain cross-entropy), so files written before it
-existed read as schedules without distillation.
+existed read as schedules without distillation; `round_to` likewise (absent: 1, any width).
 
 Speed-ups are MACs ratios against the unpruned model and are cumulative: a stage's `speedup` is
 what the model reaches at the end of that stage.
@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from pruning.importance import IMPORTANCES
-from pruning.prune import MIN_CHANNEL_RATIO, MIN_CHANNELS, RANKINGS, speedup_cap
+from pruning.prune import MIN_CHANNEL_RATIO, MIN_CHANNELS, RANKINGS, ROUND_TO, speedup_cap
 from pruning.run_info import (
     RunInfo,
     located_path,
@@ -143,6 +143,9 @@ class Schedule:
     # Training batches each stage re-estimates BatchNorm statistics on right after its prune, for
     # an honest val_acc_after_recal (pruning.bn_recal); 0 turns it off. Training is unchanged.
     bn_recalibration_batches: int = BN_RECALIBRATION_BATCHES
+    # Every pruned layer's width a multiple of it (8, 16: hardware-friendly); 1: any width.
+    # Floors round up to a multiple; see pruning.prune.ROUND_TO. Absent in older files: 1.
+    round_to: int = ROUND_TO
 
     def __post_init__(self) -> None:
         # Checked in this order, so the first error a file shows stays the same.
@@ -163,6 +166,7 @@ class Schedule:
         RANKINGS.check("ranking", self.ranking)
         positive_int("min_channels", self.min_channels, minimum=1)
         number_in("min_channel_ratio", self.min_channel_ratio, 0.0, 1.0, low_open=False)
+        positive_int("round_to", self.round_to, minimum=1)
 
     def _check_stages(self) -> None:
         """At least one Stage, with cumulative speed-ups that increase."""
@@ -214,7 +218,8 @@ class Schedule:
         steps = " -> ".join(f"{s.speedup:.3g}x/{s.epochs}ep@{s.lr:g}" for s in self.stages)
         sparse = f"sparse {self.sparse.epochs}ep, " if self.sparse else ""
         kd = f", KD a={self.distill.alpha:g} T={self.distill.temperature:g}" if self.distill else ""
-        return f"{self.importance}/{self.ranking}, {sparse}{steps}{kd}"
+        rounded = f", round_to {self.round_to}" if self.round_to != ROUND_TO else ""
+        return f"{self.importance}/{self.ranking}, {sparse}{steps}{kd}{rounded}"
 
 
 # ---------------------------------------------------------------- builders
