@@ -400,8 +400,9 @@ class OnnxExport:
     def report_line(self) -> str:
         """One line of report.md."""
         speed = "; ".join(p.describe() for p in self.latency.values())
+        stated = "no normalisation" if self.note else "normalisation"
         return (
-            f"- ONNX: `{self.path.name}` (opset {self.opset}, dynamic batch, normalisation in its "
+            f"- ONNX: `{self.path.name}` (opset {self.opset}, dynamic batch, {stated} in its "
             f"metadata), verified with onnxruntime {self.verification.describe()}"
             + (f"; latency on {_threads(self.latency)} CPU threads, {speed}" if speed else "")
             + (f" ({self.note})" if self.note else "")

@@ -10,10 +10,12 @@ from typing import Any
 
 from pruning import schedule as schedule_io
 from pruning.models import load_pruned, save_pruned
+from pruning.onnx_export import OnnxExport, OnnxVerificationError, export_pruned
 from search.trials import TrialRow
 from trainables import tracking
 
 FILES = ("schedule.yaml", "pruned.pt", "widths.json", "metrics.json")  # from the trial's final/
+ONNX_FILE = "model.onnx"  # with --onnx; kept as model.failed.onnx when its verification fails
 
 
 def export_trial(uri: str, row: TrialRow, out: Path, how: str) -> dict[str, Any]:
@@ -42,6 +44,24 @@ def export_trial(uri: str, row: TrialRow, out: Path, how: str) -> dict[str, Any]
     model_text = run.model.describe() if run and run.model else ""
     (out / "report.md").write_text(trial_summary_md(row, how, out, model_text))
     return metrics
+
+
+def export_onnx(out: Path, macs_speedup: float | None = None) -> OnnxExport:
+    """ONNX_FILE beside the exported files, verified with onnxruntime on the val images of the
+    data in schedule.yaml's run section, with its line in report.md (a failure's too)."""
+    _, run = schedule_io.load(out / FILES[0])
+    try:
+        result = export_pruned(out / FILES[1], out / ONNX_FILE, run, macs_speedup=macs_speedup)
+    except OnnxVerificationError as err:
+        _add_to_report(out, f"- ONNX: verification FAILED: {err}")
+        raise
+    _add_to_report(out, result.report_line())
+    return result
+
+
+def _add_to_report(out: Path, line: str) -> None:
+    with (out / "report.md").open("a") as f:
+        f.write(f"\n{line}\n")
 
 
 def trial_summary_md(row: TrialRow, how: str, out: Path, model: str = "") -> str:

@@ -15,10 +15,11 @@ import yaml
 
 from pruning.compute import CostObjective
 from pruning.data import check_root
+from pruning.onnx_export import require_onnx
 from search.accounting import describe_spent
 from search.cli.options import command, out_folder, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
-from search.export import export_trial
+from search.export import ONNX_FILE, export_onnx, export_trial
 from search.pareto import Pick, format_front, front, front_json, parse_pick, pick
 from search.progress import say
 from search.report.data import read_report_data
@@ -302,18 +303,30 @@ def _add_export(sub: Any) -> None:
         "export one trial's schedule, weights, plots and report",
         "Write the chosen trial's schedule.yaml, pruned.pt, widths.json, metrics.json,\n"
         "report.md, its plots (pareto.png, widths.png, accuracy.png,\n"
-        "accuracy_front.png) and the search's report.html to --out.",
+        "accuracy_front.png) and the search's report.html to --out. With --onnx, also\n"
+        "model.onnx, verified with onnxruntime on 256 validation images.",
         "prunetune export experiments/demo_search.yaml --pick knee --out runs/demo/export",
+        "prunetune export experiments/demo_search.yaml --out runs/demo/export --onnx",
         "prunetune export experiments/demo_search.yaml --pick max-acc-under-cost=1.5 --out best/",
     )
     _add_pick(p)
     p.add_argument("--out", type=Path, required=True, help="folder to write")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help=f"also write {ONNX_FILE} (dynamic batch, normalisation in its metadata), verify it "
+        "with onnxruntime against torch (logits and top-1 on 256 validation images; a failure "
+        "is an error and the file is kept as model.failed.onnx) and time both; needs "
+        "pip install 'prunetune[onnx]'",
+    )
     p.set_defaults(handler=export)
 
 
 def export(args: argparse.Namespace) -> dict[str, Any]:
     """The pick's files, its plots and the search's report.html into --out."""
     how = parse_pick(args.pick)
+    if args.onnx:  # a missing extra is said before anything is read or written
+        require_onnx("prunetune export --onnx")
     ray_rows = _ray_rows(args)
     out = out_folder(args.out, "--out")  # checked now, made once the pick is known
     if ray_rows is not None:  # MLflow unreachable: the trial's files from its Ray checkpoint
@@ -324,7 +337,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             f"exported trial {row.trial_id} from Ray's storage to {out} (no report.html: it "
             "needs MLflow)"
         )
-        return metrics | {"out": str(out)}
+        return metrics | {"out": str(out)} | _onnx(args, out, row)
     uri, experiment, _ = _where(args)
     cost = _cost(args, uri, experiment)
     pick(load_rows(uri, experiment, cost=cost), how)  # nothing completed: the error, first
@@ -339,7 +352,22 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         f"with its plots and report.html; replay it with: "
         f"prunetune replay {out / 'schedule.yaml'}"
     )
-    return metrics | {"out": str(out)}
+    return metrics | {"out": str(out)} | _onnx(args, out, row)
+
+
+def _onnx(args: argparse.Namespace, out: Path, row: TrialRow) -> dict[str, Any]:
+    """With --onnx: the verified model.onnx, after the other files (which a failed verification
+    leaves in place)."""
+    if not args.onnx:
+        return {}
+    say(f"writing {out / ONNX_FILE} and verifying it with onnxruntime")
+    result = export_onnx(out, row.speedup)
+    if result.note:
+        say(f"warning: {result.note}")
+    say(f"{result.path}: {result.verification.describe()}")
+    for pair in result.latency.values():
+        say(f"latency {pair.describe()}")
+    return {"onnx": result.to_dict()}
 
 
 def _add_report(sub: Any) -> None:
