@@ -17,19 +17,15 @@ Each is logged at step = compute spent in 1/1000 of the cost unit (GMACs for com
 milli-epochs for epochs), so MLflow's chart of `best_val_acc` against Step is the anytime curve
 (`search_cost` is logged too, for an x-axis in the cost unit itself). The curve is derived from
 every trial Tune knows, restored ones included, so a resumed search continues it where it
-stopped.
+stopped. The callback that logs it is search.callbacks.AnytimeCurve; this module imports no Ray.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from ray.tune import Callback
 
 from trainables import tracking
 
@@ -76,50 +72,6 @@ def log_spent(uri: str, parent_id: str, now: Spent, wall_s: float) -> None:
     if now.best_val_acc is not None:
         metrics[BEST_SO_FAR] = now.best_val_acc
     tracking.log_metrics(uri, parent_id, metrics, step=now.step)
-
-
-class AnytimeCurve(Callback):
-    """Logs the anytime curve on the parent run after each trial report (in the driver).
-    An MLflow failure is said once and stops the live curve; the search goes on, and its
-    totals are logged again when it ends."""
-
-    def __init__(self, uri: str, parent_id: str, metric: str) -> None:
-        self.uri, self.parent_id, self.metric = uri, parent_id, metric
-        self.offset = 0.0  # wall seconds of earlier sessions
-        self.start = time.monotonic()
-        self.last: Spent | None = None
-        self.lost = False
-
-    def setup(self, **info: Any) -> None:
-        # Runs in each session (a restored Tuner unpickles this object and sets it up again).
-        self.start, self.last, self.lost = time.monotonic(), None, False
-        try:
-            self.offset = previous_wall(self.uri, self.parent_id)
-        except RuntimeError as err:
-            self._lose(err)
-
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-    ) -> None:
-        # Tune calls this before it stores `result` as the trial's last_result.
-        latest = [result if t is trial else t.last_result for t in trials]
-        now = spent(latest, self.metric)
-        if self.lost or now == self.last:
-            return
-        self.last = now
-        try:
-            log_spent(self.uri, self.parent_id, now, self.offset + time.monotonic() - self.start)
-        except RuntimeError as err:
-            self._lose(err)
-
-    def _lose(self, err: Exception) -> None:
-        self.lost = True
-        print(
-            f"[search] warning: the anytime curve stops logging to MLflow ({err}); the "
-            "search goes on and logs its totals at the end",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 def per_trial_cost(rows: Iterable[Any]) -> float:

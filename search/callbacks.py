@@ -1,13 +1,16 @@
-"""Tune callbacks run in the driver: one progress line per trial event."""
+"""Tune callbacks run in the driver: one progress line per trial event; the anytime curve on the
+parent run (search/accounting.py)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from ray.tune import Callback
 
 from pruning.compute import COSTS, DEFAULT_COST, CostObjective
+from search.accounting import Spent, log_spent, previous_wall, spent
 
 
 class TrialProgress(Callback):
@@ -64,3 +67,47 @@ class TrialProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.failed += 1
         self._say(f"{trial.trial_id} FAILED (see its MLflow run and Ray log)", trials, ended=trial)
+
+
+class AnytimeCurve(Callback):
+    """Logs the anytime curve on the parent run after each trial report (in the driver).
+    An MLflow failure is said once and stops the live curve; the search goes on, and its
+    totals are logged again when it ends."""
+
+    def __init__(self, uri: str, parent_id: str, metric: str) -> None:
+        self.uri, self.parent_id, self.metric = uri, parent_id, metric
+        self.offset = 0.0  # wall seconds of earlier sessions
+        self.start = time.monotonic()
+        self.last: Spent | None = None
+        self.lost = False
+
+    def setup(self, **info: Any) -> None:
+        # Runs in each session (a restored Tuner unpickles this object and sets it up again).
+        self.start, self.last, self.lost = time.monotonic(), None, False
+        try:
+            self.offset = previous_wall(self.uri, self.parent_id)
+        except RuntimeError as err:
+            self._lose(err)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        # Tune calls this before it stores `result` as the trial's last_result.
+        latest = [result if t is trial else t.last_result for t in trials]
+        now = spent(latest, self.metric)
+        if self.lost or now == self.last:
+            return
+        self.last = now
+        try:
+            log_spent(self.uri, self.parent_id, now, self.offset + time.monotonic() - self.start)
+        except RuntimeError as err:
+            self._lose(err)
+
+    def _lose(self, err: Exception) -> None:
+        self.lost = True
+        print(
+            f"[search] warning: the anytime curve stops logging to MLflow ({err}); the "
+            "search goes on and logs its totals at the end",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -21,8 +21,8 @@ from ray.tune.schedulers import ASHAScheduler
 from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
 from pruning.run_info import ModelInfo, file_sha256
-from search.accounting import AnytimeCurve, Spent, log_spent, previous_wall, spent
-from search.callbacks import TrialProgress
+from search.accounting import Spent, log_spent, previous_wall, spent
+from search.callbacks import AnytimeCurve, TrialProgress
 from search.cluster import check_resources, init_ray
 from search.config import ExperimentConfig, config_to_dict
 from search.lock import search_lock

@@ -13,11 +13,11 @@ from search.accounting import (
     BEST_SO_FAR,
     SEARCH_COST,
     WALL,
-    AnytimeCurve,
     describe_spent,
     per_trial_cost,
     spent,
 )
+from search.callbacks import AnytimeCurve
 from trainables import tracking
 
 METRIC = "train_tmacs"

@@ -153,3 +153,12 @@ def test_figure_bytes_round_trip(png: bytes) -> None:
     page = build_html(data(png))
     encoded = page.split('<img src="data:image/png;base64,')[1].split('"')[0]
     assert base64.b64decode(encoded) == png
+
+
+def test_report_shows_what_mattered_and_the_search_compute(png: bytes) -> None:
+    line = "lr_0: 41% of the importance; the best trials used 0.011-0.019"
+    page = build_html(data(png, what_mattered=(line,), search_cost=12.5, wall_s=125.0))
+    assert "<h2>What mattered</h2>" in page and f"<li>{line}</li>" in page
+    assert "search compute: 12.5 TMACs over all trials" in page and "2m05s of wall time" in page
+    older = build_html(data(png))  # a search from before either was logged
+    assert "Not computed for this search" in older

@@ -20,6 +20,7 @@ from search.accounting import describe_spent
 from search.cli.options import command, out_folder, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
 from search.export import ONNX_FILE, export_onnx, export_trial
+from search.importance import log_what_mattered
 from search.pareto import Pick, format_front, front, front_json, parse_pick, pick
 from search.progress import say
 from search.report.data import read_report_data
@@ -105,6 +106,7 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
             tracking.finish_run(config.tracking_uri, outcome.parent_run_id, "FAILED")
             raise RuntimeError(f"{all_failed}. `prunetune pareto` lists each trial's error")
         reference = [r["trial_id"] for r in outcome.results if r["reference"]]
+        _what_mattered(config, outcome.parent_run_id, outcome.results)  # before the report
         summary = finish_search(config, outcome.parent_run_id, reference)
     failed = sum(1 for r in outcome.results if r["error"])
     stopped = sum(1 for r in outcome.results if not (r["error"] or r["metrics"].get("completed")))
@@ -116,6 +118,17 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
     )
     spent = {"search_cost": outcome.spent.cost, "wall_s": round(outcome.wall_s, 1)}
     return summary | {"parent_run_id": outcome.parent_run_id, "failed": failed} | spent
+
+
+def _what_mattered(config: ExperimentConfig, parent_id: str, results: list[dict[str, Any]]) -> None:
+    """The parameters that drove val acc, on the parent run and said. Best effort, as the plots:
+    a search that ran for hours still logs its front when this cannot be computed."""
+    try:
+        lines = log_what_mattered(config, parent_id, results).lines()
+    except Exception as err:
+        say(f"warning: no parameter importance for this search ({err})")
+        return
+    say("what mattered for val acc: " + "; ".join(lines))
 
 
 def _dry_run(config: ExperimentConfig) -> dict[str, Any]:

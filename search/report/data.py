@@ -17,6 +17,9 @@ from pruning.compute import COSTS, DEFAULT_COST, CostObjective
 from pruning.models import build_model, example_input
 from pruning.prune import channel_floor, channel_groups, layer_widths
 from pruning.run_info import ModelInfo, with_model_section
+from search import accounting, importance
+from search.accounting import per_trial_cost
+from search.importance import WhatMattered
 from search.pareto import Pick, front, pick
 from search.report.plots import (
     RECAL_KEYS,
@@ -77,6 +80,10 @@ class ReportData:
     figures: list[Figure] = field(default_factory=list)
     model: str = ""  # what the search pruned, e.g. "RESNET56 x0.5" ("" when unknown)
     cost: CostObjective = COSTS[DEFAULT_COST]  # what the front is built on
+    # What mattered for val acc (search.importance; empty for a search that logged none)
+    what_mattered: tuple[str, ...] = ()
+    search_cost: float = 0.0  # fine-tune compute of all trials, in the cost unit (accounting)
+    wall_s: float | None = None  # the search's wall time (None: not logged)
 
 
 def curve(uri: str, row: TrialRow) -> list[StagePoint]:
@@ -228,7 +235,9 @@ def read_report_data(
     rows = load_rows(uri, experiment, parent_id, cost)
     on_front = front(rows)
     chosen = pick(rows, how) if any(r.usable for r in rows) else None
-    base_acc = tracking.run_metrics(uri, parent_id).get("base_val_acc")
+    parent_metrics = tracking.run_metrics(uri, parent_id)
+    base_acc = parent_metrics.get("base_val_acc")
+    mattered = WhatMattered.from_json(_text(uri, parent_id, importance.FILE))
     config_yaml = _text(uri, parent_id, "experiment.yaml")
     paths = render_plots(uri, rows, on_front, plots_dir, chosen, how_text, base_acc, cost)
     return ReportData(
@@ -248,6 +257,9 @@ def read_report_data(
         figures=[Figure(CAPTIONS[k], p.read_bytes()) for k, p in paths.items()],
         model=model_text(config_yaml),
         cost=cost,
+        what_mattered=tuple(mattered.lines()) if mattered else (),
+        search_cost=per_trial_cost(rows),
+        wall_s=parent_metrics.get(accounting.WALL),
     )
 
 

@@ -8,6 +8,8 @@ import base64
 import html
 from typing import TYPE_CHECKING, Any
 
+from search.accounting import format_wall
+
 if TYPE_CHECKING:
     from search.report.data import Figure, ReportData
     from search.trials import TrialRow
@@ -49,6 +51,7 @@ def build_html(data: ReportData) -> str:
         f"<h1>{esc(title)}</h1>",
         _summary(data),
         _section("Pareto front", _table(data)),
+        _section("What mattered", _what_mattered(data)),
         _section("Plots", "".join(_figure(f) for f in data.figures) or "<p>No plots.</p>"),
         _section(_schedule_title(data), _schedule(data)),
         _section("MLflow runs", _runs(data)),
@@ -57,6 +60,18 @@ def build_html(data: ReportData) -> str:
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _what_mattered(data: ReportData) -> str:
+    """The parameters that drove validation accuracy (search.importance: PED-ANOVA)."""
+    if not data.what_mattered:
+        return "<p>Not computed for this search (it ran before prunetune did this).</p>"
+    items = "".join(f"<li>{esc(line)}</li>" for line in data.what_mattered)
+    return (
+        f"<ul>{items}</ul><p>Optuna's PED-ANOVA on the trials that finished their schedule, "
+        "against validation accuracy: how differently each parameter sits in the best 30% of "
+        "them than in all.</p>"
+    )
 
 
 def _section(title: str, body: str) -> str:
@@ -71,6 +86,11 @@ def _summary(data: ReportData) -> str:
         f"{len(data.front_ids)} on the Pareto front of validation accuracy (max) against "
         f"{data.cost.axis()} (min)",
     ]
+    wall = f" in {format_wall(data.wall_s)} of wall time" if data.wall_s is not None else ""
+    items.append(
+        f"search compute: {data.cost.format(data.search_cost)} over all trials (stopped early "
+        f"and failed ones with what they computed){wall}"
+    )
     if data.base_acc is not None:
         items.append(f"baseline (unpruned) validation accuracy {data.base_acc:.2%}")
     if data.pick is not None:
