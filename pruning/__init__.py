@@ -18,4 +18,7 @@ Knows nothing of Ray or MLflow, so every piece can be called from a notebook. Ro
 - runner.py: a schedule stage by stage (prune, recalibrate, evaluate, fine-tune, evaluate);
   replay.py: `prunetune replay`'s in-process run; pretrain.py: the unpruned baseline.
 - devices.py: choosing the torch device.
+- onnx_export.py: a pruned model as one ONNX file (normalisation in its metadata), verified and
+  timed in onnxruntime; onnx/onnxruntime (the optional extra `onnx`) are imported only there,
+  inside its functions.
 """
