@@ -21,7 +21,7 @@ from pruning.data import DataSpec
 from pruning.importance import IMPORTANCES
 from pruning.models import ModelSpec, build_model, example_input
 from pruning.pretrain import apply_overrides
-from pruning.prune import RANKINGS, floor_speedup
+from pruning.prune import RANKINGS, ROUND_TO, floor_speedup
 from pruning.run_info import ModelInfo, with_model_section
 from pruning.schedule import DEFAULT_TEMPERATURE, MAX_SPEEDUP, MAX_TEMPERATURE, Training
 from pruning.train import LR_SCHEDULES
@@ -58,6 +58,7 @@ class SpaceConfig:
     # Distillation from the unpruned model: 0 is none; one choice each fixes it.
     distill_alphas: tuple[float, ...] = (0.0,)
     distill_temperatures: tuple[float, ...] = (DEFAULT_TEMPERATURE,)
+    round_tos: tuple[int, ...] = (ROUND_TO,)  # pruned widths' multiple; 1: any width
 
     def __post_init__(self) -> None:
         positive_int("space.max_stages", self.max_stages, minimum=1)
@@ -82,6 +83,9 @@ class SpaceConfig:
         _choices("space.distill_temperatures", self.distill_temperatures)
         for t in self.distill_temperatures:
             number_in("space.distill_temperatures[]", t, 0.0, MAX_TEMPERATURE)
+        _choices("space.round_tos", self.round_tos)
+        for r in self.round_tos:
+            positive_int("space.round_tos[]", r, minimum=1)
 
     @property
     def budget(self) -> int:
@@ -302,17 +306,21 @@ def _check_asha(config: ExperimentConfig) -> None:
 
 def _check_reachable(config: ExperimentConfig) -> None:
     """The target must be reachable under the tightest floor of the space (its largest
-    min_channel_ratio) on this model, or every trial that draws it fails."""
+    min_channel_ratio, at each of its round_tos: floors round up to their multiple) on this
+    model, or every trial that draws it fails."""
     ratio = max(config.space.min_channel_ratios)
     spec = config.model_spec
-    cap = _floor_speedup(json.dumps(spec.to_dict(), sort_keys=True), ratio)
+    key = json.dumps(spec.to_dict(), sort_keys=True)
+    cap, round_to = min((_floor_speedup(key, ratio, r), r) for r in config.space.round_tos)
+    rounded = f", rounded up to a multiple of round_to={round_to}," if round_to > 1 else ""
     require(
         config.target_speedup <= cap,
         "target_speedup",
         config.target_speedup,
         f"the channel floor of min_channel_ratio={ratio} (and at least "
-        f"{min_channels_for(ratio)} channels a layer) lets {spec.describe()} reach at most "
-        f"{cap:.3g}x; lower the target, or the largest of space.min_channel_ratios",
+        f"{min_channels_for(ratio)} channels a layer{rounded}) lets {spec.describe()} reach at "
+        f"most {cap:.3g}x; lower the target, or the largest of space.min_channel_ratios"
+        f"{' or space.round_tos' if round_to > 1 else ''}",
     )
 
 
@@ -323,13 +331,13 @@ def _num_classes(data: DataSpec) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _floor_speedup(spec_json: str, ratio: float) -> float:
+def _floor_speedup(spec_json: str, ratio: float, round_to: int) -> float:
     """Builds the registry's unpruned model (a second at most for ResNet-50): cached by the
     spec (as JSON, since kwargs may hold lists), as a config is validated again on every
     dataclasses.replace."""
     spec = ModelSpec.from_dict(json.loads(spec_json))
     model = build_model(spec)
-    return floor_speedup(model, example_input(spec), min_channels_for(ratio), ratio)
+    return floor_speedup(model, example_input(spec), min_channels_for(ratio), ratio, round_to)
 
 
 _SECTIONS: dict[str, type] = {

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pruning.prune import MIN_CHANNELS
+from pruning.prune import MIN_CHANNELS, ROUND_TO
 from pruning.schedule import (
     DEFAULT_TEMPERATURE,
     Distill,
@@ -159,6 +159,14 @@ class TrialPoint:
         "distillation temperature T (unused when distill_alpha is 0)",
         absent=DEFAULT_TEMPERATURE,
     )
+    round_to: int = _dim(
+        "choice",
+        int,
+        "round_tos",
+        ROUND_TO,
+        "every pruned width a multiple of it (1: any width)",
+        absent=ROUND_TO,
+    )
     split: tuple[float, ...] = _dim(
         "uniform", float, SHARE_RANGE, 1.0, "stage share of log(target speed-up)", per_stage=True
     )
@@ -212,6 +220,7 @@ class TrialPoint:
             sparse=SparseTraining(self.sparse_epochs, sparse_reg) if self.sparse_epochs else None,
             training=training,
             distill=self.distill(),
+            round_to=self.round_to,
         )
 
     def distill(self) -> Distill | None:

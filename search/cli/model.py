@@ -24,6 +24,7 @@ from pruning.prune import (
     MIN_CHANNEL_RATIO,
     MIN_CHANNELS,
     RANKINGS,
+    ROUND_TO,
     PruneReport,
     prune_to_speedup,
 )
@@ -122,6 +123,13 @@ def _add_prune_floor_args(p: argparse.ArgumentParser) -> None:
         default=MIN_CHANNEL_RATIO,
         help=f"per-layer floor as a fraction of the layer's channels (default {MIN_CHANNEL_RATIO})",
     )
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=ROUND_TO,
+        metavar="N",
+        help=f"keep every pruned width a multiple of N, e.g. 8 (default {ROUND_TO}: any width)",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser, width: bool = True) -> None:
@@ -206,6 +214,7 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
         ranking=args.ranking,
         min_channels=args.min_channels,
         min_channel_ratio=args.min_channel_ratio,
+        round_to=args.round_to,
         ignored_layers=model_entry(model_spec.arch).ignored_layers(model),
     )
     if data is not None:
@@ -233,6 +242,7 @@ def _report_fields(report: PruneReport) -> dict[str, Any]:
         "widths_before": report.widths_before,
         "narrowest": report.narrowest,
         "seconds": report.seconds,
+        "round_to": report.round_to,
     }
 
 
@@ -286,7 +296,8 @@ def format_prune_report(r: dict[str, Any]) -> str:
         lines.append(f"{name:<{w}} {before:>7} {after:>7} {after / before:>6.1%}{mark}")
     lines += [
         f"MACs    {r['base_macs'] / 1e6:9.2f}M -> {r['macs'] / 1e6:.2f}M  "
-        f"speed-up {r['speedup']:.3f}x (target {r['target_speedup']:.3f}x)",
+        f"speed-up {r['speedup']:.3f}x (target {r['target_speedup']:.3f}x"
+        + (f"; widths multiples of {r['round_to']})" if r["round_to"] != ROUND_TO else ")"),
         *_latency_lines(r),
         f"params  {r['params_before'] / 1e6:9.3f}M -> {r['params'] / 1e6:.3f}M",
         f"pruned in {r['seconds']:.2f} s",
