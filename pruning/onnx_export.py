@@ -92,7 +92,8 @@ def onnx_bytes(
     import onnx
 
     example = example_input(model) if example is None else example
-    x = example[:1].expand(_EXPORT_BATCH, *example.shape[1:]).contiguous()
+    device = next(model.parameters()).device  # a model trained on a GPU exports from there
+    x = example[:1].expand(_EXPORT_BATCH, *example.shape[1:]).contiguous().to(device)
     was_training = model.training
     model.eval()
     try:
@@ -310,13 +311,15 @@ def save_verified(
     path = Path(path)
     path.write_bytes(data)
     failed_path(path).unlink(missing_ok=True)  # a failure of an earlier export, now stale
-    result = verify(path, model, inputs.images, inputs.source)
-    if not result.ok:
+    try:
+        result = verify(path, model, inputs.images, inputs.source)
+        if not result.ok:
+            raise OnnxVerificationError(
+                f"the ONNX file does not match the torch model {result.describe()}"
+            )
+    except OnnxVerificationError as err:
         kept = path.rename(failed_path(path))
-        raise OnnxVerificationError(
-            f"the ONNX file does not match the torch model {result.describe()}; kept for "
-            f"inspection as {kept}"
-        )
+        raise OnnxVerificationError(f"{err}; kept for inspection as {kept}") from None
     return result
 
 
