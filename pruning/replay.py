@@ -23,6 +23,7 @@ from torch import nn
 
 from pruning import schedule as schedule_io
 from pruning.data import Dataset, DataSpec
+from pruning.latency import LatencySettings
 from pruning.models import build_model, save_pruned
 from pruning.run_info import ModelInfo, RunInfo, file_sha256, model_from_checkpoint
 from pruning.runner import RunState, StageResult, run_schedule
@@ -140,7 +141,7 @@ class _KeepStages:
         self.start = time.perf_counter()
 
     def __call__(self, result: StageResult, pruned: nn.Module, state: RunState) -> None:
-        self.metrics["stages"].append(asdict(result))
+        self.metrics["stages"].append(result.as_dict())
         self.metrics.update(
             result.metrics(),
             base_macs=state.base_macs,
@@ -168,7 +169,9 @@ def replay(
     seed: int,
     on_stage: Callable[[StageResult], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    latency: LatencySettings | None = None,
 ) -> dict[str, Any]:
+    """`latency`: time the unpruned model and each stage's in this process (None: not)."""
     check_teacher(schedule, run.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     schedule_io.save(out / "schedule.yaml", schedule, run)
@@ -189,5 +192,6 @@ def replay(
         state=RunState(),
         on_stage=keep,
         on_epoch=on_epoch,
+        latency=latency,
     )
     return metrics

@@ -19,6 +19,7 @@ import yaml
 from pruning.compute import COSTS, DEFAULT_COST, CostObjective
 from pruning.data import DataSpec
 from pruning.importance import IMPORTANCES
+from pruning.latency import LatencySettings
 from pruning.models import ModelSpec, build_model, example_input
 from pruning.pretrain import apply_overrides
 from pruning.prune import RANKINGS, ROUND_TO, floor_speedup
@@ -26,6 +27,7 @@ from pruning.run_info import ModelInfo, with_model_section
 from pruning.schedule import DEFAULT_TEMPERATURE, MAX_SPEEDUP, MAX_TEMPERATURE, Training
 from pruning.train import LR_SCHEDULES
 from pruning.validate import build_dataclass, did_you_mean, number_in, positive_int, require
+from search.objectives import DEFAULT_OBJECTIVES, Objective, check_objectives
 from search.space import checked_points
 from search.strategies import DEFAULT_STRATEGY, check_strategy, migrate
 from trainables.point import DIMENSIONS, Dimension, min_channels_for
@@ -190,6 +192,12 @@ class ExperimentConfig:
     asha: AshaConfig = field(default_factory=AshaConfig)
     ray_address: str | None = None  # None: start a local Ray cluster
     storage_path: str | None = None  # None: <out>/ray
+    # What the search ranks by (search.objectives.OBJECTIVES): val_acc and cost, latency, or all
+    # three; the front, the --pick rules and the plots follow.
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    # Each trial times the unpruned model and every stage's (pruning.latency.LatencySettings);
+    # `latency: null` or latency.enabled: false measures nothing.
+    latency: LatencySettings = field(default_factory=LatencySettings)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     out: str | None = None  # None: runs/<name>
     device: str = "auto"
@@ -222,6 +230,8 @@ class ExperimentConfig:
             self.reference_trial,
             "true or false",
         )
+        require(isinstance(self.latency, LatencySettings), "latency", self.latency, "a mapping")
+        check_objectives(self.objectives, self.latency.enabled)
         if self.reference_trial:
             _check_reference(self.space)
         require(isinstance(self.points, tuple), "points", self.points, "a list of mappings")
@@ -243,6 +253,11 @@ class ExperimentConfig:
 
     @property
     def tracking_uri(self) -> str:
+    @property
+    def ranked_by(self) -> tuple[Objective, ...]:
+        """The objectives, resolved (search.objectives)."""
+        return check_objectives(self.objectives, self.latency.enabled)
+
         return self.mlflow.tracking_uri or f"sqlite:///{self.out_dir / 'mlflow.db'}"
 
     @property
@@ -360,6 +375,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
         raw = migrate(with_model_section(raw))
         for key, cls in _SECTIONS.items():
             section = raw.get(key) or {}
+    "latency": LatencySettings,
             if key == "space" and isinstance(section, dict):
                 section = {
                     k: tuple(v) if k in _LISTS and isinstance(v, list) else v
@@ -370,8 +386,15 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
         raw["points"] = tuple(points) if isinstance(points, list) else points
         return build_dataclass(ExperimentConfig, raw, "experiment")
     except ValueError as err:
+        if "latency" in raw and raw["latency"] is None:  # `latency: null`: not measured
+            raw["latency"] = {"enabled": False}
         raise ValueError(f"{source}: {err}") from None
 
+            if key == "latency" and isinstance(section, dict):
+                batches = section.get("batches")
+                section = section | (
+                    {"batches": tuple(batches)} if isinstance(batches, list) else {}
+                )
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     path = Path(path)
@@ -380,6 +403,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
+        if isinstance(raw.get("objectives"), list):
+            raw["objectives"] = tuple(raw["objectives"])
         raise ValueError(f"{path} is not valid YAML: {err}") from None
     raw = apply_overrides(raw, list(overrides)) if isinstance(raw, dict) else raw
     return config_from_dict(raw, str(path)).resolve()

@@ -104,6 +104,9 @@ def test_replay_recovers_accuracy_and_writes_everything(capsys, tmp_path, baseli
     pruned = load_vgg19(out / "pruned.pt")
     assert count_macs_params(pruned, torch.zeros(1, 3, 32, 32))[0] == last["macs"]
     assert json.loads((out / "metrics.json").read_text())["val_acc"] == last["val_acc"]
+    # timed beside the MACs: the dense model once, each stage's pruned model after its prune
+    assert {"latency_ms", "latency_ms_b64", "dense_latency_ms_b1"} <= set(last)
+    assert last["latency_speedup_b64"] > 1 and r["latency_speedup"] == last["latency_speedup"]
 
 
 def test_replay_on_the_same_seed_reproduces_accuracy(capsys, tmp_path, baseline) -> None:

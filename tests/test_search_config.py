@@ -34,6 +34,14 @@ BASE = {"name": "t", "data": {"name": "synthetic"}}
         ({"space": {"lr_min": 0.02}}, "space.lr_min/space.lr_max.*reference_trial needs lr=0.01"),
         ({"data": {"name": "imagenet"}}, "data.name"),
         ({"name": "a b"}, "name"),
+        ({"objectives": ["val_acc", "latncy"]}, "objectives.*did you mean 'latency'"),
+        ({"objectives": ["val_acc", "latency"], "latency": None}, "needs the latency measured"),
+        ({"objectives": ["val_acc", "latency"], "latency": {"enabled": False}}, "needs the lat"),
+        ({"objectives": ["cost", "latency"]}, "it must include val_acc"),
+        ({"objectives": ["val_acc", "cost", "cost"]}, "each objective once"),
+        ({"latency": {"batches": [1, 0]}}, r"latency.batches\[\]=0"),
+        ({"latency": {"runs": 1}}, "latency.runs=1"),
+        ({"latency": {"warmups": 3}}, "did you mean 'warmup'"),
     ],
 )
 def test_config_errors_name_the_key(extra: dict, message: str) -> None:
@@ -97,3 +105,21 @@ def test_injected_points_are_checked_against_the_space() -> None:
         ExperimentConfig(name="t", points=({"lr": 0.1},))
     ok = known_points(ExperimentConfig(name="t", points=({"n_stages": 2},)))
     assert [p["n_stages"] for p in ok] == [1, 2]
+
+
+def test_latency_section_and_objectives() -> None:
+    from pruning.latency import BATCHES, LatencySettings
+
+    default = config_from_dict(BASE)
+    assert default.latency == LatencySettings() and default.latency.batches == BATCHES
+    assert [o.metric for o in default.ranked_by] == ["val_acc", "cost"]
+    assert not config_from_dict(BASE | {"latency": None}).latency.enabled
+    three = config_from_dict(
+        BASE | {"objectives": ["val_acc", "cost", "latency"], "latency": {"batches": [8, 1]}}
+    )
+    assert three.latency.primary == 8
+    assert [(o.metric, o.mode) for o in three.ranked_by] == [
+        ("val_acc", "max"),
+        ("cost", "min"),
+        ("latency_ms", "min"),
+    ]

@@ -10,7 +10,7 @@ import os
 import platform
 import tempfile
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ray import tune
 from pruning import schedule as schedule_io
 from pruning.compute import COSTS, DEFAULT_COST, dense_epochs
 from pruning.data import Dataset, DataSpec, load_dataset
+from pruning.latency import LatencySettings
 from pruning.models import load_pruned, save_pruned
 from pruning.run_info import ModelInfo, RunInfo, model_from_state
 from pruning.runner import RunState, StageResult, run_schedule
@@ -46,6 +47,11 @@ class TrialContext:
     baseline_sha256: str | None = None  # of the baseline file's bytes, recorded beside it
     cost: str = DEFAULT_COST  # the cost objective (pruning.compute.COSTS) reported as "cost"
 
+    # MLflow model flavours the finished trial logs its pruned model in (config mlflow.log_models)
+    model_flavours: tuple[str, ...] = ()
+    # The trial times the unpruned model and each stage's in its own threads (enabled=False: no
+    # latency metrics are reported)
+    latency: LatencySettings = field(default_factory=LatencySettings)
 
 def _device_and_threads() -> tuple[torch.device, int]:
     """CUDA only when Ray gave this trial a GPU; torch threads = the CPUs Ray gave it."""
@@ -108,6 +114,7 @@ def run_trial(
             if not run.closed:
                 _tag_cuda(run)
 
+                latency=context.latency,
 
 def _baseline_model(
     context: TrialContext, baseline: dict[str, torch.Tensor], data: Dataset
@@ -237,5 +244,5 @@ def _final_bundle(
     schedule_io.save(out / "schedule.yaml", schedule, run, portable=False)
     (out / "pruned.pt").write_bytes((folder / "pruned.pt").read_bytes())
     (out / "widths.json").write_text(json.dumps(result.widths, indent=2))
-    (out / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
+    (out / "metrics.json").write_text(json.dumps(result.as_dict(), indent=2))
     return out

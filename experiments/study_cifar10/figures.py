@@ -56,7 +56,7 @@ def widths(study: Any, arm: str, path: Path) -> list[str]:
     original = {k: v for k, v in metrics["original_widths"].items() if k != output}
     kept = {k: metrics["stages"][-1]["widths"][k] for k in original}
     floors = {
-        name: channel_floor(c, schedule.min_channels, schedule.min_channel_ratio)
+        name: channel_floor(c, schedule.min_channels, schedule.min_channel_ratio, schedule.round_to)
         for name, c in original.items()
     }
     title = f"{arm}: channels kept per layer at {metrics['speedup']:.2f}x ({schedule.summary()})"

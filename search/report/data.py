@@ -118,7 +118,9 @@ def layer_data(schedule_file: Path, widths_file: Path) -> LayerData:
     output = list(original)[-1]
     names = [n for n in original if n != output and n in kept]
     floors = {
-        n: channel_floor(original[n], schedule.min_channels, schedule.min_channel_ratio)
+        n: channel_floor(
+            original[n], schedule.min_channels, schedule.min_channel_ratio, schedule.round_to
+        )
         for n in names
     }
     coupled = [g for g in channel_groups(model, example_input(spec)) if len(g) > 1]
