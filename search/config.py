@@ -180,6 +180,12 @@ class ExperimentConfig:
     # The cost objective beside accuracy (pruning.compute.COSTS): compute (TMACs) or epochs.
     # Budgets (space.total_epochs, asha.grace_epochs) stay in epochs either way.
     cost: str = DEFAULT_COST
+    # What the search ranks by (search.objectives.OBJECTIVES): val_acc and cost, latency, or all
+    # three; the front, the --pick rules and the plots follow.
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    # Each trial times the unpruned model and every stage's (pruning.latency.LatencySettings);
+    # `latency: null` or latency.enabled: false measures nothing.
+    latency: LatencySettings = field(default_factory=LatencySettings)
     points: tuple[dict[str, Any], ...] = ()  # known schedules to try first (trial-config keys)
     # How trials are chosen (search.strategies.STRATEGIES); files that say `sampler` still read.
     strategy: str = DEFAULT_STRATEGY
@@ -192,12 +198,6 @@ class ExperimentConfig:
     asha: AshaConfig = field(default_factory=AshaConfig)
     ray_address: str | None = None  # None: start a local Ray cluster
     storage_path: str | None = None  # None: <out>/ray
-    # What the search ranks by (search.objectives.OBJECTIVES): val_acc and cost, latency, or all
-    # three; the front, the --pick rules and the plots follow.
-    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
-    # Each trial times the unpruned model and every stage's (pruning.latency.LatencySettings);
-    # `latency: null` or latency.enabled: false measures nothing.
-    latency: LatencySettings = field(default_factory=LatencySettings)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     out: str | None = None  # None: runs/<name>
     device: str = "auto"
@@ -218,6 +218,8 @@ class ExperimentConfig:
         )
         check_strategy(self)
         COSTS.check("cost", self.cost)
+        require(isinstance(self.latency, LatencySettings), "latency", self.latency, "a mapping")
+        check_objectives(self.objectives, self.latency.enabled)
         positive_int("seed", self.seed)
         positive_int("num_trials", self.num_trials, minimum=1)
         positive_int("max_concurrent", self.max_concurrent, minimum=1)
@@ -230,8 +232,6 @@ class ExperimentConfig:
             self.reference_trial,
             "true or false",
         )
-        require(isinstance(self.latency, LatencySettings), "latency", self.latency, "a mapping")
-        check_objectives(self.objectives, self.latency.enabled)
         if self.reference_trial:
             _check_reference(self.space)
         require(isinstance(self.points, tuple), "points", self.points, "a list of mappings")
@@ -240,6 +240,11 @@ class ExperimentConfig:
     @property
     def cost_objective(self) -> CostObjective:
         return COSTS[self.cost]
+
+    @property
+    def ranked_by(self) -> tuple[Objective, ...]:
+        """The objectives, resolved (search.objectives)."""
+        return check_objectives(self.objectives, self.latency.enabled)
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -253,11 +258,6 @@ class ExperimentConfig:
 
     @property
     def tracking_uri(self) -> str:
-    @property
-    def ranked_by(self) -> tuple[Objective, ...]:
-        """The objectives, resolved (search.objectives)."""
-        return check_objectives(self.objectives, self.latency.enabled)
-
         return self.mlflow.tracking_uri or f"sqlite:///{self.out_dir / 'mlflow.db'}"
 
     @property
@@ -363,6 +363,7 @@ _SECTIONS: dict[str, type] = {
     "resources": Resources,
     "mlflow": MlflowConfig,
     "asha": AshaConfig,
+    "latency": LatencySettings,
 }
 _LISTS = {f.name for f in dataclasses.fields(SpaceConfig) if "tuple" in str(f.type)}
 
@@ -373,9 +374,15 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
     raw = dict(raw)
     try:
         raw = migrate(with_model_section(raw))
+        if "latency" in raw and raw["latency"] is None:  # `latency: null`: not measured
+            raw["latency"] = {"enabled": False}
         for key, cls in _SECTIONS.items():
             section = raw.get(key) or {}
-    "latency": LatencySettings,
+            if key == "latency" and isinstance(section, dict):
+                batches = section.get("batches")
+                section = section | (
+                    {"batches": tuple(batches)} if isinstance(batches, list) else {}
+                )
             if key == "space" and isinstance(section, dict):
                 section = {
                     k: tuple(v) if k in _LISTS and isinstance(v, list) else v
@@ -384,17 +391,12 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
             raw[key] = build_dataclass(cls, section, key)
         points = raw.get("points") or ()
         raw["points"] = tuple(points) if isinstance(points, list) else points
+        if isinstance(raw.get("objectives"), list):
+            raw["objectives"] = tuple(raw["objectives"])
         return build_dataclass(ExperimentConfig, raw, "experiment")
     except ValueError as err:
-        if "latency" in raw and raw["latency"] is None:  # `latency: null`: not measured
-            raw["latency"] = {"enabled": False}
         raise ValueError(f"{source}: {err}") from None
 
-            if key == "latency" and isinstance(section, dict):
-                batches = section.get("batches")
-                section = section | (
-                    {"batches": tuple(batches)} if isinstance(batches, list) else {}
-                )
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     path = Path(path)
@@ -403,8 +405,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        if isinstance(raw.get("objectives"), list):
-            raw["objectives"] = tuple(raw["objectives"])
         raise ValueError(f"{path} is not valid YAML: {err}") from None
     raw = apply_overrides(raw, list(overrides)) if isinstance(raw, dict) else raw
     return config_from_dict(raw, str(path)).resolve()
