@@ -16,7 +16,10 @@ from support.mlflow_server import runs_by_role
 
 from pruning.compute import COSTS
 from search.accounting import per_trial_cost
+from pruning.compute import COSTS
+from search.accounting import per_trial_cost
 from search.cli import main
+from search.trials import rows_from_runs
 from search.trials import rows_from_runs
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -218,6 +221,33 @@ def test_report_on_a_folder_without_a_search_says_what_to_fix(searched, capsys, 
 def _replay(schedule: Path, out: Path, capsys) -> dict:
     assert main(["replay", str(schedule), "--out", str(out), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def test_search_logs_its_compute_anytime_curve_and_what_mattered(searched) -> None:
+    """The parent run's search_cost is the trials' compute summed (the ASHA-stopped and the
+    failed ones with what they computed); its anytime curve only rises."""
+    _, uri, _ = searched
+    (parent,), trials = runs(uri)
+    rows = rows_from_runs(trials, COSTS["compute"])
+    total = per_trial_cost(rows)
+    assert total > 0 and parent.data.metrics["search_cost"] == pytest.approx(total, rel=1e-9)
+    assert parent.data.metrics["search_wall_s"] > 0
+    client = MlflowClient(uri)
+
+    def history(key: str) -> list:
+        points = client.get_metric_history(parent.info.run_id, key)
+        return sorted(points, key=lambda m: (m.timestamp, m.step))
+
+    cost = history("search_cost")
+    assert [m.value for m in cost] == sorted(m.value for m in cost)
+    assert all(m.step == round(m.value * 1000) for m in cost)  # GMACs
+    best = history("best_val_acc")
+    assert [m.value for m in best] == sorted(m.value for m in best)
+    assert best[-1].value == pytest.approx(max(r.val_acc for r in rows if r.usable))
+    # 5 trials: too few for parameter importance, and it says so
+    assert parent.data.tags["what_mattered"].startswith("too few finished trials to tell")
+    files = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert "importance.json" in files
 
 
 def test_search_logs_its_compute_anytime_curve_and_what_mattered(searched) -> None:

@@ -109,12 +109,12 @@ def run_trial(
                 state=state,
                 on_stage=on_stage,
                 teacher=teacher,
+                latency=context.latency,
             )
         finally:
             if not run.closed:
                 _tag_cuda(run)
 
-                latency=context.latency,
 
 def _baseline_model(
     context: TrialContext, baseline: dict[str, torch.Tensor], data: Dataset
