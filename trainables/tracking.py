@@ -1,4 +1,5 @@
-"""MLflow, fenced in: the only module that imports it.
+"""MLflow, fenced in: this module and mlflow_models.py (MLflow Models and the Model Registry)
+are the only ones that import it.
 
 Runs are addressed through MlflowClient (no global active run), so the same code works in the
 driver and inside Ray workers, against sqlite and against an HTTP tracking server. Calls that
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import traceback
 import urllib.request
@@ -247,6 +249,33 @@ class TrialRun:
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
         self._safe(log_artifacts, folder, artifact_path)
+
+    def log_model(
+        self, model: Any, inputs: Any, step: int, speedup: float | None, flavours: tuple[str, ...]
+    ) -> None:
+        """The trial's pruned model as MLflow models under its run, one per flavour
+        (trainables.mlflow_models; `inputs`: its CheckInputs, the example and normalisation).
+        Never fails the trial: an upload that fails past its retries stops the run's logging,
+        as any call does; a model that cannot be saved as one (torch.export cannot trace it)
+        is said on the run (tag prunetune.model_error) and `export --register` tries again
+        from pruned.pt, where that error is raised."""
+        if self.run_id is None or self.lost or not flavours:
+            return
+        from trainables import mlflow_models  # torch.export's machinery: only when logging
+
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            folders: dict[str, Path] = {}
+            for flavour in flavours:  # one that fails leaves the others logged
+                try:
+                    folders |= mlflow_models.build(Path(tmp), model, inputs, speedup, (flavour,))
+                except mlflow_models.ModelBuildError as err:
+                    print(f"prunetune: run {self.run_id}: {err}", file=sys.stderr)
+                    self.set_tags({mlflow_models.MODEL_ERROR_TAG: str(err)[:5000]})
+            tags = mlflow_models.model_tags(model.prunetune_spec)
+            if folders:
+                self._safe(mlflow_models.upload, folders, step, tags)
+        self._safe(log_metrics, {"model_log_seconds": time.perf_counter() - start}, step)
 
     def finish(self, status: str) -> None:
         if not self.closed:
