@@ -53,8 +53,9 @@ class PruneReport:
     original_widths: dict[str, int]
     narrowest: str  # the layer with the lowest kept fraction of its original channels
     seconds: float
-    # Every pruned group's width is a multiple of it. Above 1 the landing is the closest these
-    # widths allow, which may be more than TOLERANCE from target_speedup (speedup says where).
+    # Every pruned group's width is a multiple of it. Above 1 the landing is the closest the
+    # planner finds at that granularity, which near the floor's limit of a small model may be
+    # more than TOLERANCE from target_speedup (speedup says where it landed).
     round_to: int = ROUND_TO
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,7 +317,7 @@ def _refine_landing(
     (one channel of an 8-wide 32x32 layer is ~10% of a width-0.125 VGG19 at 8.84x), and with
     round_to, whose steps are round_to channels. Each move removes a group's next least
     important channels or restores its most important removed ones; it stops where no single
-    move comes closer, the closest these widths land.
+    move comes closer (a local search: the closest it finds, not necessarily the closest).
     """
 
     def miss(k: list[int]) -> float:
@@ -530,7 +531,7 @@ def _prune_until_landed(
 ) -> _Size:
     """Prune, recount, and prune again only while the real MACs are still above the target
     and a prune still removes something; the size reached. With round_to 1 the landing must be
-    within TOLERANCE; above 1 it is the closest the rounded widths allow."""
+    within TOLERANCE; above 1 it is the closest the planner finds at that granularity."""
     macs, params = before.macs, before.params
     for _ in range(MAX_PRUNES):
         if macs <= request.target_macs * (1 + TOLERANCE / 2):
