@@ -22,6 +22,7 @@ from pruning.bn_recal import recal_loader, recalibrate_bn
 from pruning.compute import finetune_tmacs
 from pruning.data import Dataset
 from pruning.latency import Latency, LatencySettings, Timer
+from pruning.latency_target import Landing, LatencyTarget, check_measured, land_model
 from pruning.prune import PruneReport, count_macs_params, prune_to_speedup, sparsity_regularizer
 from pruning.schedule import Schedule, Stage
 from pruning.train import FitResult, fit, train_loader, validate
@@ -55,11 +56,13 @@ class StageResult:
     # Per batch size b: latency_ms_b<b>, latency_iqr_ms_b<b>, dense_latency_ms_b<b>,
     # latency_speedup_b<b>; empty when latency is off.
     latency: dict[str, float] = field(default_factory=dict)
+    # The last stage's landing on a latency target (pruning.latency_target); None: MACs target.
+    landing: Landing | None = None
 
     def metrics(self) -> dict[str, float]:
-        """The numeric fields (per-batch latency included), for trackers and JSON."""
+        """The numeric fields (per-batch latency and the landing included), for trackers."""
         plain = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float))}
-        return plain | self.latency
+        return plain | self.latency | (self.landing.metrics() if self.landing else {})
 
     def as_dict(self) -> dict[str, Any]:
         """Every field for metrics.json, the per-batch latency keys at the top level."""
@@ -217,15 +220,16 @@ def _stage_result(
     accs: _Accuracies,
     stage_tmacs: float,
     latency: dict[int, Latency] | None = None,
+    landing: Landing | None = None,
 ) -> StageResult:
-    """Stage `index`'s (0-based) report, with `state`'s cumulative counts and the pruned model's
-    `latency` (None: not measured)."""
+    """Stage `index`'s (0-based) report, with `state`'s cumulative counts, the pruned model's
+    `latency` (None: not measured) and the latency target's `landing` (None: none)."""
     stage = schedule.stages[index]
     primary, per_batch = _latency_metrics(state.dense_latency, latency)
     return StageResult(
         stage=index + 1,
         speedup=pruned.speedup,
-        target_speedup=stage.speedup,
+        target_speedup=landing.macs_speedup if landing else stage.speedup,
         macs=pruned.macs,
         params=pruned.params,
         val_acc_after_prune=accs.after_prune,
@@ -245,6 +249,7 @@ def _stage_result(
         latency_ms=primary[0],
         latency_speedup=primary[1],
         latency=per_batch,
+        landing=landing,
     )
 
 
@@ -282,13 +287,18 @@ def _run_stage(
     on_epoch: Callable[[int, dict[str, float]], None] | None,
     teacher: nn.Module | None = None,
     measure: Measure | None = None,
+    land: Callable[[nn.Module], Landing] | None = None,
 ) -> StageResult:
-    """Stage `index` (0-based): prune, measure latency (when `measure`), evaluate, recalibrate
-    BN, evaluate, fine-tune (distilled from `teacher` when given), evaluate, count, report."""
+    """Stage `index` (0-based): prune (the last stage to where `land` lands, when given),
+    measure latency (when `measure`), evaluate, recalibrate BN, evaluate, fine-tune (distilled
+    from `teacher` when given), evaluate, count, report."""
     stage = schedule.stages[index]
     stage_seed = seed + index + 1  # its own RNG, so a resumed run takes the same path
     torch.manual_seed(stage_seed)
-    pruned = _prune(model, schedule, stage.speedup, state, example)
+    last = index + 1 == len(schedule.stages)
+    landing = land(model) if land is not None and last else None  # probes keep the RNG as is
+    speedup = landing.macs_speedup if landing else stage.speedup
+    pruned = _prune(model, schedule, speedup, state, example)
     latency = measure(model) if measure is not None else None  # no RNG: the path is unchanged
     acc_after_prune, _ = validate(model, data, device)
     recal_images = _recalibrate(model, data, schedule, stage_seed, device)
@@ -301,7 +311,7 @@ def _run_stage(
     state.train_seconds += fitted.seconds
     state.train_tmacs += tmacs
     accs = _Accuracies(acc_after_prune, acc_after_recal, recal_images, acc, loss)
-    return _stage_result(index, schedule, state, pruned, accs, tmacs, latency)
+    return _stage_result(index, schedule, state, pruned, accs, tmacs, latency, landing)
 
 
 def run_schedule(
@@ -317,6 +327,7 @@ def run_schedule(
     teacher: nn.Module | None = None,
     latency: LatencySettings | None = None,
     timer: Timer = time.perf_counter,
+    latency_target: LatencyTarget | None = None,
 ) -> list[StageResult]:
     """Apply `schedule` to `model` in place, from stage `state.done` on (0: from the start).
 
@@ -326,8 +337,11 @@ def run_schedule(
     schedule learns from (default: a copy of `model` when starting from stage 0). `latency`
     (enabled): the unpruned model is timed once before the first prune, in this process and
     its torch threads (kept in `state`), and each stage's pruned model after its prune, with
-    `timer` (a test's fake clock, else time.perf_counter).
+    `timer` (a test's fake clock, else time.perf_counter). `latency_target`: the last stage
+    lands on a measured latency speed-up instead of its MACs one (pruning.latency_target; its
+    StageResult.landing says where), which needs `latency`.
     """
+    check_measured(latency_target, latency)
     state = state or RunState()
     h, w = data.train.images.shape[2:]
     example = torch.zeros(1, 3, h, w)  # (1, 3, H, W): only shapes matter for tracing and MACs
@@ -351,6 +365,7 @@ def run_schedule(
             on_epoch=on_epoch,
             teacher=teacher,
             measure=measure,
+            land=_lander(latency_target, schedule, state, latency, example, device, timer),
         )
         results.append(result)
         if on_stage is not None:
@@ -365,3 +380,36 @@ def _measurer(
     if latency is None or not latency.enabled:
         return None
     return functools.partial(latency.measure, example=example, device=device, timer=timer)
+
+
+def _lander(
+    target: LatencyTarget | None,
+    schedule: Schedule,
+    state: RunState,
+    latency: LatencySettings | None,
+    example: torch.Tensor,
+    device: torch.device,
+    timer: Timer,
+) -> Callable[[nn.Module], Landing] | None:
+    """The last stage's landing on a latency target (None: none), its probes pruned as the
+    stage prunes and timed against the dense model's timing in `state`."""
+    if target is None or latency is None:
+        return None
+    settings = latency
+
+    def land(model: nn.Module) -> Landing:
+        return land_model(
+            model,
+            target,
+            schedule,
+            prune=lambda m, s: _prune(m, schedule, s, state, example),
+            latency=settings,
+            example=example,
+            device=device,
+            dense=(state.dense_latency or {}).get(settings.primary),
+            base_macs=state.base_macs,
+            guess=schedule.stages[-1].speedup,
+            timer=timer,
+        )
+
+    return land
