@@ -166,7 +166,9 @@ def latencies(
 
 
 def fine_tune(model: nn.Module, data: Dataset, speedup: float, device: torch.device) -> StageResult:
-    """One-shot prune to `speedup`, BN recalibration, one fine-tune epoch: a trial's path."""
+    """One-shot prune to `speedup`, BN recalibration, one fine-tune epoch: a trial's path. The
+    epoch is the pruned model's first, so its time holds any one-off start-up cost of the new
+    layer shapes (training_rate measures the warm rate after it)."""
     schedule = one_shot(speedup, epochs=1, lr=0.01, lr_schedule="cosine")
 
     def on_epoch(epoch: int, stats: dict[str, float]) -> None:
