@@ -17,16 +17,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pruning.compute import COSTS, DEFAULT_COST, CostObjective
+from search.objectives import DEFAULT_OBJECTIVES, DIRECTIONS, Objective, resolve
 
 if TYPE_CHECKING:
     from search.trials import TrialRow
 
-DIRECTION_NAMES = ("maximize", "minimize")  # what a column of `directions` may say
-TRIAL_DIRECTIONS = ("maximize", "minimize")  # a trial's (val_acc, cost in the search's unit)
-PICK_KINDS = ("max-acc", "knee", "max-acc-under-cost")
+DIRECTION_NAMES = DIRECTIONS  # what a column of `directions` may say
+DEFAULT = resolve(DEFAULT_OBJECTIVES)  # (val_acc, cost): what a search ranks by unless told
+# The picks with a limit X: the metric X bounds, and the word for its lowest value.
+LIMITED = {
+    "max-acc-under-cost": ("cost", "cheapest"),
+    "max-acc-under-latency": ("latency_ms", "fastest"),
+}
+PICK_KINDS = ("max-acc", "knee", *LIMITED)
 PICK_FORMS = (
-    "'max-acc', 'knee' or 'max-acc-under-cost=X' (X a finite number in the search's cost unit, "
-    "TMACs or epochs, e.g. 12.5)"
+    "'max-acc', 'knee', 'max-acc-under-cost=X' (X a finite number in the search's cost unit, "
+    "TMACs or epochs, e.g. 12.5) or 'max-acc-under-latency=X' (X in ms per batch at the first "
+    "of latency.batches, e.g. 3.5)"
 )
 # Normalised knee distances closer than this are ties: on a straight front every point sits on
 # the chord up to rounding, and rounding noise must not decide the pick.
@@ -153,27 +160,28 @@ def _normalise(gain: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Pick:
-    """A parsed --pick argument: which trial of the (accuracy, cost) front to report."""
+    """A parsed --pick argument: which trial of the front to report."""
 
     kind: str  # one of PICK_KINDS
-    cost_limit: float | None = None  # only for 'max-acc-under-cost'
+    limit: float | None = None  # only for the kinds of LIMITED: X of 'max-acc-under-cost=X'
 
     def __post_init__(self) -> None:
         if self.kind not in PICK_KINDS:
             raise ValueError(f"unknown pick kind {self.kind!r}; valid forms are {PICK_FORMS}")
-        needs_limit = self.kind == "max-acc-under-cost"
-        if needs_limit != (self.cost_limit is not None):
-            raise ValueError(f"cost_limit {self.cost_limit!r} does not fit {self.kind!r}")
-        if needs_limit and not np.isfinite(self.cost_limit):
-            raise ValueError(f"cost limit must be a finite number, got {self.cost_limit!r}")
+        needs_limit = self.kind in LIMITED
+        if needs_limit != (self.limit is not None):
+            raise ValueError(f"limit {self.limit!r} does not fit {self.kind!r}")
+        if needs_limit and not np.isfinite(self.limit):
+            raise ValueError(f"the limit must be a finite number, got {self.limit!r}")
 
 
 def parse_pick(text: str) -> Pick:
-    """'max-acc', 'knee' or 'max-acc-under-cost=12.5' -> Pick; anything else is a ValueError."""
+    """'max-acc', 'knee', 'max-acc-under-cost=12.5' or 'max-acc-under-latency=3.5' -> Pick;
+    anything else is a ValueError."""
     kind, eq, arg = text.strip().partition("=")
     if kind in ("max-acc", "knee") and not eq:
         return Pick(kind)
-    if kind == "max-acc-under-cost" and eq:
+    if kind in LIMITED and eq:
         try:
             limit = float(arg)
         except ValueError:
@@ -184,74 +192,116 @@ def parse_pick(text: str) -> Pick:
 
 
 def choose(acc: np.ndarray, cost: np.ndarray, pick: Pick) -> int:
-    """Index of the trial that `pick` selects from completed trials' accuracy and cost.
-
-    max-acc: highest accuracy, ties to the lower cost, then the lower index.
-    knee: knee_point of the (accuracy max, cost min) front.
-    max-acc-under-cost=X: highest accuracy among cost <= X, ties as for max-acc.
-    Trials with a NaN accuracy or cost are never chosen. The ties rule means every pick lies on
-    the front, because a higher-accuracy-then-cheaper point cannot be dominated.
-    """
+    """Index of the trial that `pick` selects from completed trials' accuracy and cost: the
+    two-objective case of choose_on (accuracy max, cost min)."""
     acc = np.asarray(acc, dtype=float)
     cost = np.asarray(cost, dtype=float)
     if acc.ndim != 1 or acc.shape != cost.shape:
         raise ValueError(
             f"acc and cost must be 1-D of one length, got {acc.shape} and {cost.shape}"
         )
-    usable = ~np.isnan(acc) & ~np.isnan(cost)
+    return choose_on({"val_acc": acc, "cost": cost}, pick, DEFAULT)
+
+
+def choose_on(
+    columns: dict[str, np.ndarray], pick: Pick, objectives: Sequence[Objective] = DEFAULT
+) -> int:
+    """Index of the trial `pick` selects. columns: metric -> (n_trials,) values, holding every
+    objective's metric (val_acc among them) and the metric a limited pick bounds.
+
+    max-acc: highest accuracy; ties go to the better value of the other objectives in their
+    order, then to the lower index.
+    knee: knee_point of the objectives' front (with 3 objectives: the most balanced point).
+    max-acc-under-cost=X / max-acc-under-latency=X: max-acc among cost <= X / latency_ms <= X.
+    Trials with a NaN objective are never chosen. The ties rule means every pick lies on the
+    front, because a best-accuracy-then-best-rest point cannot be dominated.
+    """
+    ranked = np.column_stack([np.asarray(columns[o.metric], dtype=float) for o in objectives])
+    usable = ~np.isnan(ranked).any(axis=1)
     if not usable.any():
-        raise ValueError(f"none of the {acc.size} trials has both an accuracy and a cost")
+        names = " and ".join(o.metric for o in objectives)
+        raise ValueError(f"none of the {usable.size} trials has all of {names}")
+    directions = [o.direction for o in objectives]
     if pick.kind == "knee":
-        values = np.column_stack([acc, cost])
-        return knee_point(values, TRIAL_DIRECTIONS)
-    if pick.kind == "max-acc-under-cost":
-        assert pick.cost_limit is not None  # guaranteed by Pick.__post_init__
-        under = usable & (cost <= pick.cost_limit)
-        if not under.any():
-            raise ValueError(
-                f"no trial has cost <= {pick.cost_limit}; "
-                f"the cheapest available cost is {float(cost[usable].min())}"
-            )
-        usable = under
+        return knee_point(ranked, directions)
+    if pick.kind in LIMITED:
+        usable &= _under(columns, pick, usable)
     idx = np.flatnonzero(usable)
-    order = np.lexsort((idx, cost[idx], -acc[idx]))  # last key sorts first: accuracy descending
+    loss = _losses(ranked[idx], directions)  # smaller is better in every column
+    acc_col = [o.metric for o in objectives].index("val_acc")
+    rest = [loss[:, j] for j in range(loss.shape[1]) if j != acc_col]
+    # lexsort: the last key sorts first: accuracy, then the other objectives, then the index
+    order = np.lexsort((idx, *reversed(rest), loss[:, acc_col]))
     return int(idx[order[0]])
+
+
+def _under(columns: dict[str, np.ndarray], pick: Pick, usable: np.ndarray) -> np.ndarray:
+    """Mask of the trials whose bounded metric is at most the pick's limit (NaN: not)."""
+    metric, lowest = LIMITED[pick.kind]
+    values = np.asarray(columns.get(metric, np.full(usable.shape, np.nan)), dtype=float)
+    known = usable & ~np.isnan(values)
+    if not known.any():
+        raise ValueError(
+            f"--pick {pick.kind}: no trial reports {metric} (a search with `latency: null` "
+            "measures no latency)"
+        )
+    assert pick.limit is not None  # guaranteed by Pick.__post_init__
+    under = known & (values <= pick.limit)
+    if not under.any():
+        raise ValueError(
+            f"no trial has {metric} <= {pick.limit:g}; the {lowest} available {metric} is "
+            f"{float(values[known].min())}"
+        )
+    return under
 
 
 # -- a search's trials --------------------------------------------------------------------------
 
 
-def front(rows: Sequence[TrialRow]) -> list[TrialRow]:
-    """The completed trials no other completed trial beats on both accuracy and cost, by cost."""
+def _column(rows: Sequence[TrialRow], metric: str) -> np.ndarray:
+    """One metric of every row (an Objective's metric is the TrialRow field of that name)."""
+    return np.array([getattr(r, metric) for r in rows], dtype=float)
+
+
+def front(rows: Sequence[TrialRow], objectives: Sequence[Objective] = DEFAULT) -> list[TrialRow]:
+    """The completed trials no other completed trial beats on every objective, sorted by the
+    objectives after accuracy (cost, then latency, as the search names them)."""
     usable = [r for r in rows if r.usable]
     if not usable:
         return []
-    mask = non_dominated(np.array([[r.val_acc, r.cost] for r in usable]), TRIAL_DIRECTIONS)
-    return sorted((r for r, on in zip(usable, mask, strict=True) if on), key=lambda r: r.cost)
+    values = np.column_stack([_column(usable, o.metric) for o in objectives])
+    mask = non_dominated(values, [o.direction for o in objectives])
+    rest = [o.metric for o in objectives if o.metric != "val_acc"]
+    on = [r for r, keep in zip(usable, mask, strict=True) if keep]
+    return sorted(on, key=lambda r: tuple(getattr(r, m) for m in rest))
 
 
-def pick(rows: Sequence[TrialRow], how: Pick) -> TrialRow:
+def pick(
+    rows: Sequence[TrialRow], how: Pick, objectives: Sequence[Objective] = DEFAULT
+) -> TrialRow:
     usable = [r for r in rows if r.usable]
     if not usable:
         raise ValueError("no trial completed its whole schedule: nothing to export")
-    acc = np.array([r.val_acc for r in usable])
-    cost = np.array([r.cost for r in usable])
-    return usable[choose(acc, cost, how)]
+    metrics = {o.metric for o in objectives} | {m for m, _ in LIMITED.values()}
+    return usable[choose_on({m: _column(usable, m) for m in metrics}, how, objectives)]
 
 
 def format_front(
     rows: Sequence[TrialRow],
     on_front: Sequence[TrialRow],
     cost: CostObjective = COSTS[DEFAULT_COST],
+    objectives: Sequence[Objective] = DEFAULT,
 ) -> str:
-    """The front as a table, by `cost` (the search's objective, named in the first line); both
-    epochs and compute are shown whichever it is."""
+    """The front as a table, on `objectives` (named in the first line, the cost in `cost`'s
+    unit); compute, epochs, the MACs speed-up and the measured latency speed-up (at the first
+    batch size; '-' when the search measured none) are shown whatever the objectives are."""
     usable = sum(r.usable for r in rows)
+    against = " and ".join(o.axis(cost) for o in objectives if o.metric != "val_acc")
     lines = [
         f"{len(on_front)} of {usable} completed trials on the front of accuracy against "
-        f"{cost.axis()} ({len(rows) - usable} not completed or failed, never on it)",
-        f"{'trial':<14} {'val acc':>8} {'TMACs':>8} {'epochs':>7} {'speed-up':>9} {'MACs':>8} "
-        f"{'train s':>8}  schedule",
+        f"{against} ({len(rows) - usable} not completed or failed, never on it)",
+        f"{'trial':<14} {'val acc':>8} {'TMACs':>8} {'epochs':>7} {'MACs x':>8} "
+        f"{'latency':>9} {'lat x':>6} {'MACs':>8} {'train s':>8}  schedule",
     ]
     lines += [_line(r) for r in on_front]
     for r in rows:
@@ -270,9 +320,11 @@ def _line(r: TrialRow) -> str:
     if r.status == "FAILED":  # no metrics to show (never `nan`): the error instead
         error = r.error.strip().splitlines()[-1] if r.error.strip() else "no error recorded"
         return f"{r.trial_id:<14} FAILED: {error}"
+    latency = "-" if np.isnan(r.latency_ms) else f"{r.latency_ms:.3g}ms"
+    measured = "-" if np.isnan(r.latency_speedup) else f"{r.latency_speedup:.2f}x"
     return (
         f"{r.trial_id:<14} {r.val_acc:>8.2%} {r.train_tmacs:>8.4g} {r.epochs_used:>7g} "
-        f"{r.speedup:>8.2f}x "
+        f"{r.speedup:>7.2f}x {latency:>9} {measured:>6} "
         f"{r.macs / 1e6:>7.2f}M {r.train_seconds:>8.0f}  {r.schedule}"
     )
 

@@ -1,5 +1,5 @@
-"""The Tune search space and the searcher (Optuna, two objectives; its sampler is the config's
-strategy, search/strategies.py).
+"""The Tune search space and the searcher (Optuna, on the config's objectives; its sampler is
+the config's strategy, search/strategies.py).
 
 The dimensions themselves are one table, trainables.point.TrialPoint; this module turns them
 into Tune domains, and names the points Optuna is told first (the reference recipe, `points`).
@@ -21,8 +21,6 @@ from trainables.point import reference_point as reference_of_space
 
 if TYPE_CHECKING:  # search.config imports checked_points from here
     from search.config import ExperimentConfig, SpaceConfig
-
-OBJECTIVES = {"val_acc": "max", "cost": "min"}  # last stage's accuracy; the config's cost
 
 
 def _tune_domain(dim: Dimension, space: SpaceConfig) -> Any:
@@ -84,8 +82,8 @@ def known_points(config: ExperimentConfig) -> list[dict[str, Any]]:
 def make_searcher(config: ExperimentConfig, storage_url: str) -> ConcurrencyLimiter:
     points = known_points(config) or None
     searcher = OptunaSearch(
-        metric=list(OBJECTIVES),
-        mode=list(OBJECTIVES.values()),
+        metric=[o.metric for o in config.ranked_by],  # the config's objectives
+        mode=[o.mode for o in config.ranked_by],
         points_to_evaluate=points,
         sampler=make_sampler(config),
         storage=optuna.storages.RDBStorage(storage_url),

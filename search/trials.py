@@ -8,8 +8,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from pruning.compute import COSTS, CostObjective
 from search.config import ExperimentConfig
+from search.objectives import DEFAULT_OBJECTIVES, Objective, resolve
 from search.progress import say
 from search.ray_storage import (
     RayTrial,
@@ -39,6 +42,9 @@ class TrialRow:
     error: str = ""  # a failed attempt's error (MLflow tag `error`)
     epochs_used: float = float("nan")  # fine-tune (+ sparse) epochs
     train_tmacs: float = float("nan")  # fine-tune (+ sparse, recalibration) compute, 10^12 MACs
+    # measured at the first of latency.batches (NaN: the search measured no latency)
+    latency_ms: float = float("nan")  # the pruned model's median, ms per batch
+    latency_speedup: float = float("nan")  # the dense model's median over it, same process
 
     @property
     def usable(self) -> bool:
@@ -54,6 +60,13 @@ def search_cost(uri: str, parent_id: str) -> CostObjective:
     """The cost objective a search ranked its trials by (its parent run's `cost` param)."""
     run = tracking.client(uri).get_run(parent_id)
     return COSTS[run.data.params.get("cost", _OLD_SEARCHES_COST)]
+
+
+def search_objectives(uri: str, parent_id: str) -> tuple[Objective, ...]:
+    """The objectives a search ranked its trials by (its parent run's `objectives` param, a
+    list as text; searches from before it: val_acc and cost)."""
+    text = tracking.client(uri).get_run(parent_id).data.params.get("objectives")
+    return resolve(yaml.safe_load(text) if text else DEFAULT_OBJECTIVES)
 
 
 def rows_from_runs(runs: list[Any], cost: CostObjective) -> list[TrialRow]:
@@ -78,6 +91,8 @@ def rows_from_runs(runs: list[Any], cost: CostObjective) -> list[TrialRow]:
                 error=tags.get("error", ""),
                 epochs_used=m.get("epochs_used", float("nan")),
                 train_tmacs=m.get("train_tmacs", float("nan")),
+                latency_ms=m.get("latency_ms", float("nan")),
+                latency_speedup=m.get("latency_speedup", float("nan")),
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)
@@ -125,6 +140,8 @@ def rows_from_ray(config: ExperimentConfig, trials: list[RayTrial]) -> list[Tria
                 checkpoint=str(t.checkpoint or ""),
                 epochs_used=m.get("epochs_used", float("nan")),
                 train_tmacs=m.get("train_tmacs", float("nan")),
+                latency_ms=m.get("latency_ms", float("nan")),
+                latency_speedup=m.get("latency_speedup", float("nan")),
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)

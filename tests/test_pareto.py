@@ -1,10 +1,28 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import optuna
 import pytest
+from support.trial_rows import row as trial_row
 
-from search.pareto import Pick, choose, knee_point, non_dominated, pareto_ranks, parse_pick
+from search.objectives import resolve
+from search.pareto import (
+    DEFAULT,
+    Pick,
+    choose,
+    choose_on,
+    format_front,
+    front,
+    knee_point,
+    non_dominated,
+    pareto_ranks,
+    parse_pick,
+)
+from search.pareto import (
+    pick as pick_row,
+)
 
 NAN = float("nan")
 MIN2 = ("minimize", "minimize")
@@ -278,3 +296,62 @@ def test_choose_without_finite_points(pick: Pick) -> None:
 def test_choose_shape_mismatch() -> None:
     with pytest.raises(ValueError, match=r"\(3,\) and \(2,\)"):
         choose(np.zeros(3), np.zeros(2), Pick("max-acc"))
+
+
+# -- objectives beyond (accuracy, cost): measured latency -------------------------------------
+
+THREE = resolve(("val_acc", "cost", "latency"))
+# trial:            0     1     2     3     4
+ACC3 = np.array([0.90, 0.95, 0.95, 0.80, 0.95])
+COST3 = np.array([5.0, 9.0, 8.0, 1.0, 8.0])
+LAT3 = np.array([2.0, 1.5, 3.0, 4.0, 2.5])  # ms
+
+
+def test_front_and_picks_on_three_objectives() -> None:
+    columns = {"val_acc": ACC3, "cost": COST3, "latency_ms": LAT3}
+    values = np.column_stack([ACC3, COST3, LAT3])
+    directions = [o.direction for o in THREE]
+    # 2 is dominated by 4 (same accuracy and cost, slower); 1 stays: the fastest of the 0.95s
+    assert non_dominated(values, directions).tolist() == [True, True, False, True, True]
+    # max-acc: 0.95 three times; the tie goes to the cheaper (cost is named before latency),
+    # then to the faster of the equally cheap 2 and 4
+    assert choose_on(columns, Pick("max-acc"), THREE) == 4
+    assert choose_on(columns, Pick("max-acc-under-latency", 2.0), THREE) == 1
+    assert choose_on(columns, Pick("max-acc-under-latency", 1.9), THREE) == 1
+    assert choose_on(columns, Pick("max-acc-under-cost", 5.0), THREE) == 0
+    # knee with 3 objectives: the most balanced front point (largest minimum normalised
+    # objective). Normalised over the front (0, 1, 3, 4): trial 0 is (2/3, 1/2, 4/5)
+    assert choose_on(columns, Pick("knee"), THREE) == 0
+
+
+def test_latency_objective_alone_and_its_pick() -> None:
+    acc_lat = resolve(("val_acc", "latency"))
+    columns = {"val_acc": ACC3, "cost": COST3, "latency_ms": LAT3}
+    assert choose_on(columns, Pick("max-acc"), acc_lat) == 1  # 0.95 at 1.5 ms beats 2.5, 3.0
+    with pytest.raises(ValueError, match=r"latency_ms <= 1; the fastest available latency_ms"):
+        choose_on(columns, Pick("max-acc-under-latency", 1.0), acc_lat)
+    no_latency = {"val_acc": ACC3, "cost": COST3, "latency_ms": np.full(5, NAN)}
+    with pytest.raises(ValueError, match="no trial reports latency_ms"):
+        choose_on(no_latency, Pick("max-acc-under-latency", 9.0), DEFAULT)
+
+
+def test_parse_latency_pick() -> None:
+    assert parse_pick("max-acc-under-latency=3.5") == Pick("max-acc-under-latency", 3.5)
+    with pytest.raises(ValueError, match="max-acc-under-latency=X"):
+        parse_pick("max-acc-under-latency=fast")
+
+
+def test_front_of_rows_follows_the_objectives() -> None:
+    rows = [
+        dataclasses.replace(trial_row(i, acc, cost), latency_ms=lat)
+        for i, (acc, cost, lat) in enumerate(zip(ACC3, COST3, LAT3, strict=True))
+    ]
+    by_cost = [r.run_id for r in front(rows)]
+    assert by_cost == ["run3", "run0", "run2", "run4"]  # sorted by cost; 1 is dominated
+    # on latency, 1 (the most accurate and the fastest) dominates every other trial
+    by_latency = front(rows, resolve(("val_acc", "latency")))
+    assert [r.run_id for r in by_latency] == ["run1"]
+    assert [r.run_id for r in front(rows, THREE)] == ["run3", "run0", "run4", "run1"]
+    assert pick_row(rows, Pick("max-acc-under-latency", 2.0), THREE).run_id == "run1"
+    table = format_front(rows, by_latency, objectives=resolve(("val_acc", "latency")))
+    assert "against latency (ms per batch)" in table and "1.5ms" in table
