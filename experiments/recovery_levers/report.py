@@ -97,7 +97,7 @@ def welch_t(a: list[float], b: list[float]) -> float:
 def table(cells: list[Cell]) -> str:
     head = (
         "| budget | arm | schedule | val acc (%) | test acc (%) | train TMACs | train s | "
-        "wall s | speed-up | val right after prune → after BN recal (%) |\n"
+        "wall s | speed-up | val right after the first prune → after BN recal (%) |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
@@ -179,7 +179,7 @@ def keep_baseline(ab: Any, results: Path) -> dict[str, Any]:
 
 def versions() -> str:
     found = ", ".join(f"{p} {metadata.version(p)}" for p in PACKAGES)
-    return f"{found}; Python {platform.python_version()}; {torch.get_num_threads()} threads max"
+    return f"{found}; Python {platform.python_version()}"
 
 
 def write_report(ab: Any, results: Path) -> Path:
