@@ -30,7 +30,7 @@ from torch import nn
 from pruning.latency import Latency, LatencySettings, Timer, measure
 from pruning.models import build_model
 from pruning.prune import TOLERANCE as MACS_TOLERANCE
-from pruning.prune import PruneReport, count_macs_params, floor_speedup
+from pruning.prune import PruneReport, count_macs_params, floor_speedup, prune_to_speedup
 from pruning.schedule import MAX_SPEEDUP, Schedule
 from pruning.validate import number_in, positive_int, require
 
@@ -252,6 +252,24 @@ def floor_cap(model: nn.Module, example: torch.Tensor, schedule: Schedule, prune
     return min(cap, MAX_SPEEDUP)
 
 
+def _schedule_prune(schedule: Schedule, example: torch.Tensor) -> Prune:
+    """An unpruned model's prune to a MACs speed-up with the schedule's settings."""
+
+    def prune(model: nn.Module, speedup: float) -> PruneReport:
+        return prune_to_speedup(
+            model,
+            example,
+            speedup,
+            importance=schedule.importance,
+            ranking=schedule.ranking,
+            min_channels=schedule.min_channels,
+            min_channel_ratio=schedule.min_channel_ratio,
+            round_to=schedule.round_to,
+        )
+
+    return prune
+
+
 def landed_schedule(schedule: Schedule, macs_speedup: float) -> Schedule:
     """`schedule` with its last stage (and target) on the landed MACs speed-up: the file a
     replay prunes exactly as the trial did."""
@@ -276,9 +294,9 @@ def land_model(
     target: LatencyTarget,
     schedule: Schedule,
     *,
-    prune: Prune,
     latency: LatencySettings,
     example: torch.Tensor,
+    prune: Prune | None = None,
     device: torch.device | str = "cpu",
     dense: Latency | None = None,
     base_macs: int | None = None,
@@ -288,8 +306,11 @@ def land_model(
     """land() for a schedule run: probes timed at latency's primary batch with its warm-up and
     runs on `device`, in the current torch threads. `model` is unpruned (base_macs None, and it
     is timed as the reference unless `dense` is given) or pruned by earlier stages of
-    `schedule` from a model of `base_macs` MACs (`dense` then required)."""
+    `schedule` from a model of `base_macs` MACs (`dense` then required). `prune`: how a stage
+    prunes (default: prune_to_speedup with the schedule's importance, ranking and floor, for an
+    unpruned model)."""
     batch = latency.primary
+    prune = prune or _schedule_prune(schedule, example.cpu())
 
     def time_model(m: nn.Module) -> Latency:
         return measure(

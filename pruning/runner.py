@@ -83,6 +83,9 @@ class RunState:
     # The unpruned model's latency per batch size, measured before the first prune (None: latency
     # off, or a run continued from a checkpoint that did not measure it).
     dense_latency: dict[int, Latency] | None = None
+    # A latency target's first MACs guess, which the schedule's stages were split from (kept so
+    # a resumed run splits them the same; None: a MACs target)
+    macs_guess: float | None = None
 
     def __post_init__(self) -> None:
         if self.dense_latency is not None:  # from state.json: {"1": {...}} -> {1: Latency}

@@ -20,6 +20,7 @@ from pruning.compute import COSTS, DEFAULT_COST, CostObjective
 from pruning.data import DataSpec
 from pruning.importance import IMPORTANCES
 from pruning.latency import LatencySettings
+from pruning.latency_target import LatencyTarget, check_measured
 from pruning.models import ModelSpec, build_model, example_input
 from pruning.pretrain import apply_overrides
 from pruning.prune import RANKINGS, ROUND_TO, floor_speedup
@@ -169,6 +170,9 @@ class AshaConfig:
 class ExperimentConfig:
     name: str
     target_speedup: float = 8.84
+    # Or `target: {latency_speedup: S}`: the last stage lands on a measured latency speed-up
+    # (pruning.latency_target), its MACs speed-up found in each trial; not both.
+    target: LatencyTarget | None = None
     data: DataSpec = field(default_factory=DataSpec)
     # The model registry's architecture, width, classes (null: the data's) and kwargs. Files
     # written before the registry gave a top-level `width` (VGG19's): read as model.width.
@@ -225,7 +229,15 @@ class ExperimentConfig:
         positive_int("max_concurrent", self.max_concurrent, minimum=1)
         positive_int("max_failures", self.max_failures)
         _check_asha(self)
-        _check_reachable(self)
+        require(
+            self.target is None or isinstance(self.target, LatencyTarget),
+            "target",
+            self.target,
+            "null, or a mapping {latency_speedup: S}",
+        )
+        check_measured(self.target, self.latency)
+        if self.target is None:  # a latency target's reach is measured in the trial
+            _check_reachable(self)
         require(
             isinstance(self.reference_trial, bool),
             "reference_trial",
@@ -368,12 +380,28 @@ _SECTIONS: dict[str, type] = {
 _LISTS = {f.name for f in dataclasses.fields(SpaceConfig) if "tuple" in str(f.type)}
 
 
+def _latency_target(raw: dict[str, Any]) -> LatencyTarget | None:
+    """The `target` section: absent or null (the MACs target_speedup), or {latency_speedup}."""
+    section = raw.get("target")
+    if section is None:
+        return None
+    require(
+        "target_speedup" not in raw,
+        "target_speedup",
+        raw.get("target_speedup"),
+        "give one target: target_speedup (a MACs speed-up) or target.latency_speedup (a "
+        "measured latency speed-up), not both",
+    )
+    return build_dataclass(LatencyTarget, section, "target")
+
+
 def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"{source} must hold a mapping of settings")
     raw = dict(raw)
     try:
         raw = migrate(with_model_section(raw))
+        raw["target"] = _latency_target(raw)
         if "latency" in raw and raw["latency"] is None:  # `latency: null`: not measured
             raw["latency"] = {"enabled": False}
         for key, cls in _SECTIONS.items():
@@ -413,6 +441,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """Plain data (lists, not tuples) for YAML, MLflow params and the parent run's artifact."""
     plain = _plain(dataclasses.asdict(config)) | {"model": config.model.to_dict()}
+    if config.target is not None:  # one target, so the file reads back
+        del plain["target_speedup"]
     return yaml.safe_load(yaml.safe_dump(plain))
 
 

@@ -284,6 +284,7 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
     )
     context = TrialContext(
         target_speedup=config.target_speedup,
+        latency_target=config.target,
         training=config.training,
         sparse_reg=config.space.sparse_reg,
         data=config.data,

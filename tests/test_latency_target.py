@@ -240,3 +240,42 @@ def test_a_latency_target_without_latency_is_refused_before_compute() -> None:
             device=torch.device("cpu"),
             latency_target=LatencyTarget(2.0),
         )
+
+
+CONFIG = {"name": "t", "data": {"name": "synthetic"}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"target_speedup": 4.0, "target": {"latency_speedup": 2.0}},
+            r"target_speedup=4\.0 is invalid: give one target",
+        ),
+        ({"target": {"latency_speedup": 1.0}}, r"target\.latency_speedup=1\.0 is invalid"),
+        ({"target": {"latency_speedup": "fast"}}, r"target\.latency_speedup='fast' is invalid"),
+        ({"target": {"latency_speedup": 2.0, "tolerance": 0.9}}, r"target\.tolerance=0\.9"),
+        ({"target": {"latency": 2.0}}, "did you mean 'latency_speedup'"),
+        (
+            {"target": {"latency_speedup": 2.0}, "latency": None},
+            r"target\.latency_speedup=2\.0 is invalid: a latency target needs measured latency",
+        ),
+    ],
+)
+def test_config_errors_name_the_target_field(extra: dict, message: str) -> None:
+    from search.config import config_from_dict
+
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(CONFIG | extra, "exp.yaml")
+
+
+def test_config_takes_a_latency_target_and_writes_it_back() -> None:
+    from search.config import config_from_dict, config_to_dict
+
+    config = config_from_dict(CONFIG | {"target": {"latency_speedup": 2.5}})
+    assert config.target == LatencyTarget(2.5, TOLERANCE, MAX_PROBES)
+    assert config_from_dict(CONFIG).target is None
+    # experiment.yaml holds one target, so it reads back as the same config
+    written = config_to_dict(config)
+    assert "target_speedup" not in written
+    assert config_from_dict(written).target == config.target

@@ -22,6 +22,7 @@ from pruning import schedule as schedule_io
 from pruning.compute import COSTS, DEFAULT_COST, dense_epochs
 from pruning.data import Dataset, DataSpec, load_dataset
 from pruning.latency import LatencySettings
+from pruning.latency_target import LatencyTarget, land_model, landed_schedule
 from pruning.models import load_pruned, save_pruned
 from pruning.run_info import ModelInfo, RunInfo, model_from_state
 from pruning.runner import RunState, StageResult, run_schedule
@@ -52,6 +53,9 @@ class TrialContext:
     # The trial times the unpruned model and each stage's in its own threads (enabled=False: no
     # latency metrics are reported)
     latency: LatencySettings = field(default_factory=LatencySettings)
+    # target.latency_speedup: the last stage lands on a measured latency speed-up (None: the
+    # MACs target_speedup)
+    latency_target: LatencyTarget | None = None
 
 def _device_and_threads() -> tuple[torch.device, int]:
     """CUDA only when Ray gave this trial a GPU; torch threads = the CPUs Ray gave it."""
@@ -90,11 +94,13 @@ def run_trial(
     restored = _restore()
     state = restored[1] if restored else RunState()
     with _trial_run(context, schedule, device, threads, state) as run:
-        run.log_params(flat_params(schedule, point) | model_params(context.model))
         data = load_dataset(context.data, device)
         # The registry's model holding the baseline (its classes: the data's, unless the config
         # names them); `ran` is what it is, for the bundle's run section.
         baseline_model, ran = _baseline_model(context, baseline, data)
+        if context.latency_target is not None:
+            schedule = _guessed_schedule(point, context, baseline_model, data, device, state)
+        run.log_params(flat_params(schedule, point) | model_params(context.model))
         model = restored[0] if restored else baseline_model
         # The teacher is the baseline itself, also when the trial continues from a checkpoint.
         teacher = _baseline_model(context, baseline, data)[0] if schedule.distill else None
@@ -110,10 +116,41 @@ def run_trial(
                 on_stage=on_stage,
                 teacher=teacher,
                 latency=context.latency,
+                latency_target=context.latency_target,
             )
         finally:
             if not run.closed:
                 _tag_cuda(run)
+
+
+def _guessed_schedule(
+    point: TrialPoint,
+    context: TrialContext,
+    dense: torch.nn.Module,
+    data: Dataset,
+    device: torch.device,
+    state: RunState,
+) -> Schedule:
+    """A latency target's schedule: stages split from the first MACs guess, the MACs speed-up
+    at which a copy of the unpruned model lands on the target (its last stage lands again
+    after the earlier ones, in run_schedule). The guess is kept in `state`."""
+    assert context.latency_target is not None
+    if state.macs_guess is None:
+        # the point's importance, ranking and floor (its stages are not used)
+        settings = point.schedule(
+            context.latency_target.latency_speedup, context.training, context.sparse_reg
+        )
+        example = torch.zeros(1, *data.train.images.shape[1:])  # (1, 3, H, W)
+        landing = land_model(
+            dense,
+            context.latency_target,
+            settings,
+            latency=context.latency,
+            example=example,
+            device=device,
+        )
+        state.macs_guess = landing.macs_speedup
+    return point.schedule(state.macs_guess, context.training, context.sparse_reg)
 
 
 def _baseline_model(
@@ -206,7 +243,10 @@ class _StageReporter:
     def _finish(self, result: StageResult, folder: Path) -> None:
         """After the last stage: the exportable bundle, in the checkpoint too (Ray's storage
         alone is then enough to export the trial) and in MLflow; the run closed."""
-        final = _final_bundle(self.context, self.schedule, result, self.threads, folder, self.model)
+        # A latency target's schedule records the MACs speed-up it landed on: replays exact.
+        landed = result.landing
+        schedule = landed_schedule(self.schedule, landed.macs_speedup) if landed else self.schedule
+        final = _final_bundle(self.context, schedule, result, self.threads, folder, self.model)
         self.run.log_artifacts(final, "final")
         self.run.completed = True
         # Closed before the last report: once Tune has it, the driver may read the front, and
