@@ -279,3 +279,47 @@ def test_config_takes_a_latency_target_and_writes_it_back() -> None:
     written = config_to_dict(config)
     assert "target_speedup" not in written
     assert config_from_dict(written).target == config.target
+
+
+def test_a_trial_splits_its_stages_from_the_first_guess_and_keeps_it(vgg: nn.Module) -> None:
+    """The trial's first MACs guess: a copy of the unpruned model landed on S with the real
+    clock; the point's stages split from it; a resumed trial reads it from its state."""
+    import dataclasses
+
+    from support.tiny import tiny_data
+
+    from pruning.data import DataSpec
+    from pruning.latency import LatencySettings
+    from pruning.run_info import ModelInfo
+    from pruning.runner import RunState
+    from pruning.schedule import Training
+    from search.config import SpaceConfig
+    from trainables.point import reference_point
+    from trainables.trial import TrialContext, _guessed_schedule
+
+    point = dataclasses.replace(reference_point(SpaceConfig()), n_stages=2)
+    context = TrialContext(
+        target_speedup=8.84,
+        training=Training(64),
+        sparse_reg=5e-4,
+        data=DataSpec(name="synthetic"),
+        model=ModelInfo(),
+        seed=0,
+        tracking_uri="sqlite:///unused.db",
+        experiment_id="0",
+        parent_run_id="p",
+        baseline_path=None,
+        latency=LatencySettings(batches=(64,), warmup=1, runs=5),
+        latency_target=LatencyTarget(1.3, tolerance=0.3, max_probes=4),
+    )
+    state = RunState()
+    data = tiny_data(50)
+    widths = layer_widths(vgg)
+    schedule = _guessed_schedule(point, context, vgg, data, torch.device("cpu"), state)
+    assert state.macs_guess is not None and state.macs_guess > 1.0
+    assert schedule.target_speedup == state.macs_guess == schedule.stages[-1].speedup
+    assert len(schedule.stages) == 2 and 1.0 < schedule.stages[0].speedup < state.macs_guess
+    assert layer_widths(vgg) == widths  # the unpruned model itself is not pruned
+    # resumed: the kept guess, no model touched (an Identity would fail any probe)
+    again = _guessed_schedule(point, context, nn.Identity(), data, torch.device("cpu"), state)
+    assert again == schedule
