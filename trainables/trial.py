@@ -100,6 +100,7 @@ def run_trial(
         baseline_model, ran = _baseline_model(context, baseline, data)
         if context.latency_target is not None:
             schedule = _guessed_schedule(point, context, baseline_model, data, device, state)
+            run.set_tags({"schedule": schedule.summary()})  # split from the first guess
         run.log_params(flat_params(schedule, point) | model_params(context.model))
         model = restored[0] if restored else baseline_model
         # The teacher is the baseline itself, also when the trial continues from a checkpoint.
@@ -246,6 +247,8 @@ class _StageReporter:
         # A latency target's schedule records the MACs speed-up it landed on: replays exact.
         landed = result.landing
         schedule = landed_schedule(self.schedule, landed.macs_speedup) if landed else self.schedule
+        if landed:
+            self.run.set_tags({"schedule": schedule.summary()})
         final = _final_bundle(self.context, schedule, result, self.threads, folder, self.model)
         self.run.log_artifacts(final, "final")
         self.run.completed = True
