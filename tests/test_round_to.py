@@ -73,6 +73,8 @@ def test_vgg19_widths_are_multiples_and_land_within_one_percent(
     assert report.speedup == pytest.approx(target, rel=0.01)
     assert report.base_macs / count_macs_params(model, X)[0] == pytest.approx(target, rel=0.01)
     assert_rounded(groups, layer_widths(model), report.original_widths, round_to)
+    for name, width in report.widths_after.items():  # the floor of 1 channel, rounded up
+        assert width >= min(round_to, report.original_widths[name]), name
     # No pruned width is a leftover: at round_to 16 the 16-wide first layers stay whole.
     assert any(w < report.original_widths[n] for n, w in report.widths_after.items())
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
