@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,12 +14,14 @@ from pruning.models import vgg19
 from pruning.prune import channel_floor, layer_widths
 from pruning.run_info import ModelInfo, RunInfo
 from pruning.schedule import Schedule, Stage
+from search.objectives import OBJECTIVES
 from search.report.data import layer_data
 from search.report.plots import (
     StagePoint,
     layer_status,
     plot_front,
     plot_schedule_accuracy,
+    plot_speedups,
     plot_widths,
     sawtooth,
     short_name,
@@ -159,3 +162,23 @@ def test_front_plot_marks_reference_and_pick(tmp_path: Path) -> None:
 def test_front_plot_of_a_search_with_nothing_completed(tmp_path: Path) -> None:
     path = plot_front([row(0, 0.1, 1, done=False)], [], tmp_path / "empty.png")
     assert_png(path, min_bytes=5_000)
+
+
+def test_front_on_latency_and_the_speedups_plot(tmp_path: Path) -> None:
+    measured = [(0.62, 40, 3.0, 2.1), (0.66, 30, 2.0, 3.2), (0.70, 60, 4.0, 1.6)]
+    rows = [
+        dataclasses.replace(row(i, acc, cost), latency_ms=ms, latency_speedup=x)
+        for i, (acc, cost, ms, x) in enumerate(measured)
+    ]
+    rows.append(row(3, 0.55, 10))  # a trial that measured no latency: off the latency axes
+    latency = OBJECTIVES["latency"]
+    on_latency = plot_front(rows, rows[1:3], tmp_path / "latency.png", x=latency)
+    on_cost = plot_front(rows, rows[1:3], tmp_path / "cost.png", staircase=False)
+    assert_png(on_latency)
+    assert on_latency.read_bytes() != on_cost.read_bytes()
+    speedups = plot_speedups(rows, rows[1:3], tmp_path / "speedups.png", rows[1], "knee")
+    assert speedups is not None
+    assert_png(speedups)
+    # a search that measured no latency gets no such plot (no made-up numbers)
+    assert plot_speedups(rows[3:], rows[3:], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

@@ -20,31 +20,40 @@ from pruning.run_info import ModelInfo, with_model_section
 from search import accounting, importance
 from search.accounting import per_trial_cost
 from search.importance import WhatMattered
-from search.pareto import Pick, front, pick
+from search.objectives import Objective
+from search.pareto import DEFAULT, Pick, front, pick
 from search.report.plots import (
     RECAL_KEYS,
     STAGE_KEYS,
     StagePoint,
     plot_front,
     plot_schedule_accuracy,
+    plot_speedups,
     plot_widths,
     stage_points,
 )
-from search.trials import TrialRow, load_rows, search_cost
+from search.trials import TrialRow, load_rows, search_cost, search_objectives
 from trainables import tracking
 
 # name -> file; also the order the report shows them in
 FILES = {
     "pareto": "pareto.png",
+    "pareto_latency": "pareto_latency.png",  # a front on cost and latency: its latency view
+    "speedups": "speedups.png",
     "widths": "widths.png",
     "accuracy": "accuracy.png",
     "accuracy_front": "accuracy_front.png",
 }
 CAPTIONS = {
-    "pareto": "Validation accuracy against the search's cost objective for every completed "
-    "trial; the front "
-    "as a staircase (the best accuracy reachable within a budget), the reference recipe as a "
-    "star and the chosen trial circled.",
+    "pareto": "Validation accuracy against the search's objective (its cost, or the measured "
+    "latency) for every completed trial; the front "
+    "as a staircase (the best accuracy reachable within a budget; a front on three objectives "
+    "as points), the reference recipe as a star and the chosen trial circled.",
+    "pareto_latency": "The same trials and front against the measured latency of the pruned "
+    "model (ms per batch at the first of latency.batches).",
+    "speedups": "Measured latency speed-up (dense over pruned, same process and threads, first "
+    "of latency.batches) against the MACs speed-up; on the dashed diagonal fewer MACs are as "
+    "much faster.",
     "widths": "Channels the chosen trial keeps per layer (by the model's own layer names, log "
     "scale) against the original width, with the per-layer floor dashed; collapsed layers are "
     "red; layers Torch-Pruning prunes together (a residual stage, a depthwise pair) share a "
@@ -80,6 +89,7 @@ class ReportData:
     figures: list[Figure] = field(default_factory=list)
     model: str = ""  # what the search pruned, e.g. "RESNET56 x0.5" ("" when unknown)
     cost: CostObjective = COSTS[DEFAULT_COST]  # what the front is built on
+    objectives: tuple[Objective, ...] = DEFAULT  # what it ranks by (search.objectives)
     # What mattered for val acc (search.importance; empty for a search that logged none)
     what_mattered: tuple[str, ...] = ()
     search_cost: float = 0.0  # fine-tune compute of all trials, in the cost unit (accounting)
@@ -150,12 +160,11 @@ def render_plots(
     pick_label: str = "exported pick",
     base_acc: float | None = None,
     cost: CostObjective = COSTS[DEFAULT_COST],
+    objectives: Sequence[Objective] = DEFAULT,
 ) -> dict[str, Path]:
     """Every plot of FILES into `folder`; the widths and single-trial plots need a chosen trial."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "pareto": plot_front(rows, on_front, folder / FILES["pareto"], chosen, pick_label, cost)
-    }
+    paths = _front_plots(rows, on_front, folder, chosen, pick_label, cost, objectives)
     if on_front:
         shown = front_to_draw(on_front, chosen)
         curves = tracking.concurrently([lambda r=r: curve(uri, r) for r in shown])
@@ -181,6 +190,27 @@ def front_to_draw(on_front: Sequence[TrialRow], chosen: TrialRow | None) -> list
     if chosen is not None and chosen in on_front and chosen not in best:
         best[-1] = chosen
     return best
+
+
+def _front_plots(
+    rows: Sequence[TrialRow],
+    on_front: Sequence[TrialRow],
+    folder: Path,
+    chosen: TrialRow | None,
+    pick_label: str,
+    cost: CostObjective,
+    objectives: Sequence[Objective],
+) -> dict[str, Path]:
+    """The front against each objective beside accuracy (pareto.png on the first), and the
+    MACs against the measured speed-up when the trials measured latency."""
+    axes = [o for o in objectives if o.name != "val_acc"]
+    staircase = len(axes) == 1
+    paths = {}
+    for key, x in zip(("pareto", "pareto_latency"), axes, strict=False):
+        path = folder / FILES[key]
+        paths[key] = plot_front(rows, on_front, path, chosen, pick_label, cost, x, staircase)
+    speedups = plot_speedups(rows, on_front, folder / FILES["speedups"], chosen, pick_label)
+    return paths | ({"speedups": speedups} if speedups else {})
 
 
 def _chosen_plots(
@@ -229,19 +259,23 @@ def read_report_data(
     plots_dir: Path,
     parent_id: str | None = None,
     cost: CostObjective | None = None,
+    objectives: Sequence[Objective] | None = None,
 ) -> ReportData:
     """Everything the report shows, for the latest search (or `parent_id`'s), costed by `cost`
     (default: the objective that search chose); the plots are written to `plots_dir` as well."""
     parent_id = parent_id or tracking.latest_parent(uri, experiment)
     cost = cost or search_cost(uri, parent_id)
+    objectives = tuple(objectives or search_objectives(uri, parent_id))
     rows = load_rows(uri, experiment, parent_id, cost)
-    on_front = front(rows)
-    chosen = pick(rows, how) if any(r.usable for r in rows) else None
+    on_front = front(rows, objectives)
+    chosen = pick(rows, how, objectives) if any(r.usable for r in rows) else None
     parent_metrics = tracking.run_metrics(uri, parent_id)
     base_acc = parent_metrics.get("base_val_acc")
     mattered = WhatMattered.from_json(_text(uri, parent_id, importance.FILE))
     config_yaml = _text(uri, parent_id, "experiment.yaml")
-    paths = render_plots(uri, rows, on_front, plots_dir, chosen, how_text, base_acc, cost)
+    paths = render_plots(
+        uri, rows, on_front, plots_dir, chosen, how_text, base_acc, cost, objectives
+    )
     return ReportData(
         experiment=experiment,
         tracking_uri=uri,
@@ -259,6 +293,7 @@ def read_report_data(
         figures=[Figure(CAPTIONS[k], p.read_bytes()) for k, p in paths.items()],
         model=model_text(config_yaml),
         cost=cost,
+        objectives=objectives,
         what_mattered=tuple(mattered.lines()) if mattered else (),
         search_cost=per_trial_cost(rows),
         wall_s=parent_metrics.get(accounting.WALL),

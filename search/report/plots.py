@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pruning.compute import COSTS, DEFAULT_COST, CostObjective
+from search.objectives import OBJECTIVES, Objective
 
 if TYPE_CHECKING:
     from search.trials import TrialRow
@@ -55,30 +56,45 @@ def plot_front(
     pick: TrialRow | None = None,
     pick_label: str = "exported pick",
     cost: CostObjective = COSTS[DEFAULT_COST],
+    x: Objective = OBJECTIVES["cost"],
+    staircase: bool = True,
 ) -> Path:
-    """Accuracy against cost (the search's objective, `cost`, named with its unit on the x axis)
-    for every completed trial; the front as a staircase (at any budget the best reachable
-    accuracy is the last front point at or below it)."""
+    """Accuracy against the objective `x` (the search's cost, `cost`, by default; or latency),
+    named with its unit on the x axis, for every completed trial; the front as a staircase (at
+    any budget the best reachable accuracy is the last front point at or below it). A front on
+    three objectives is not a staircase in any two of them: `staircase` False marks its points
+    only."""
     plt = pyplot()
     usable = [r for r in rows if r.usable]
+    if x.name != "cost":  # trials that did not measure latency (NaN) are not on its axis
+        usable = [r for r in usable if _x(r, x) == _x(r, x)]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    _draw_trials_and_front(ax, usable, on_front)
-    _mark_reference_and_pick(ax, usable, pick, pick_label)
-    _label_front_axes(ax, rows, len(rows) - len(usable), cost)
-    _front_limits(ax, usable, cost)
+    _draw_trials_and_front(ax, usable, on_front, x, staircase)
+    _mark_reference_and_pick(ax, usable, pick, pick_label, x)
+    _label_front_axes(ax, rows, len(rows) - len(usable), x.axis(cost), x.label)
+    _front_limits(ax, usable, cost, x)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=9)
     return save(fig, path)
 
 
-def _draw_trials_and_front(ax: Any, usable: list[TrialRow], on_front: Sequence[TrialRow]) -> None:
-    """Every completed trial as a grey dot; the front as a staircase through its points."""
-    ax.scatter([r.cost for r in usable], _pct([r.val_acc for r in usable]), c="0.6", s=30, zorder=2)
+def _x(r: TrialRow, x: Objective) -> float:
+    return float(getattr(r, x.metric))
+
+
+def _draw_trials_and_front(
+    ax: Any, usable: list[TrialRow], on_front: Sequence[TrialRow], x: Objective, staircase: bool
+) -> None:
+    """Every completed trial as a grey dot; the front as a staircase through its points (or its
+    points alone)."""
+    xs = [_x(r, x) for r in usable]
+    ax.scatter(xs, _pct([r.val_acc for r in usable]), c="0.6", s=30, zorder=2)
     ax.scatter([], [], c="0.6", s=30, label=f"completed trial ({len(usable)})")
+    shown = sorted(on_front, key=lambda r: _x(r, x))
     ax.plot(
-        [r.cost for r in on_front],
-        _pct([r.val_acc for r in on_front]),
-        "o-",
+        [_x(r, x) for r in shown],
+        _pct([r.val_acc for r in shown]),
+        "o-" if staircase else "o",
         c=FRONT,
         drawstyle="steps-post",
         zorder=3,
@@ -87,12 +103,12 @@ def _draw_trials_and_front(ax: Any, usable: list[TrialRow], on_front: Sequence[T
 
 
 def _label_front_axes(
-    ax: Any, rows: Sequence[TrialRow], left_out: int, cost: CostObjective
+    ax: Any, rows: Sequence[TrialRow], left_out: int, axis: str, what: str
 ) -> None:
-    """Axis names with the cost's unit, the title, and a note on the trials not shown."""
-    ax.set_xlabel(f"cost: {cost.axis()} per trial")
+    """Axis names with the unit, the title, and a note on the trials not shown."""
+    ax.set_xlabel(f"{what}: {axis} per trial" if what == "cost" else axis)
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"Accuracy vs. cost at {_target(rows)} MACs speed-up")
+    ax.set_title(f"Accuracy vs. {what} at {_target(rows)} MACs speed-up")
     if left_out:
         ax.annotate(
             f"{left_out} trial(s) failed or stopped early: not shown",
@@ -103,16 +119,17 @@ def _label_front_axes(
         )
 
 
-def _front_limits(ax: Any, usable: list[TrialRow], cost: CostObjective) -> None:
+def _front_limits(ax: Any, usable: list[TrialRow], cost: CostObjective, x: Objective) -> None:
     """Whole epochs on an epoch axis; one tick when every trial had one budget; a message
     instead of empty axes when no trial completed."""
-    if cost.unit == "epochs":
+    epochs = x.name == "cost" and cost.unit == "epochs"
+    if epochs:
         _integer_x(ax)
     _margins(ax, [r.val_acc for r in usable])
-    costs = {r.cost for r in usable}
+    costs = {_x(r, x) for r in usable}
     if len(costs) == 1:  # one budget for every trial: one tick, not fractions of an epoch
         (only,) = costs
-        half = 1.0 if cost.unit == "epochs" else max(0.1 * abs(only), 1e-9)
+        half = 1.0 if epochs else max(0.1 * abs(only), 1e-9)
         ax.set_xlim(only - half, only + half)
         ax.set_xticks([only])
     if not usable:  # say so, rather than show empty axes around 0
@@ -121,11 +138,11 @@ def _front_limits(ax: Any, usable: list[TrialRow], cost: CostObjective) -> None:
 
 
 def _mark_reference_and_pick(
-    ax: Any, usable: Sequence[TrialRow], pick: TrialRow | None, pick_label: str
+    ax: Any, usable: Sequence[TrialRow], pick: TrialRow | None, pick_label: str, x: Objective
 ) -> None:
     for r in (r for r in usable if r.reference):
         ax.scatter(
-            r.cost,
+            _x(r, x),
             100 * r.val_acc,
             marker="*",
             s=260,
@@ -136,7 +153,7 @@ def _mark_reference_and_pick(
         )
     if pick is not None:  # a ring, so the front's marker under it stays visible
         ax.scatter(
-            pick.cost,
+            _x(pick, x),
             100 * pick.val_acc,
             s=380,
             facecolors="none",
@@ -166,6 +183,57 @@ def _margins(ax: Any, accs: Sequence[float]) -> None:
         pad = max(1.0, 0.15 * (high - low))
         ax.set_ylim(low - pad, high + pad)
     ax.margins(x=0.12)
+
+
+# -- MACs speed-up against the measured one ----------------------------------------------------
+
+
+def plot_speedups(
+    rows: Sequence[TrialRow],
+    on_front: Sequence[TrialRow],
+    path: Path,
+    pick: TrialRow | None = None,
+    pick_label: str = "exported pick",
+) -> Path | None:
+    """The measured latency speed-up (dense over pruned, at the first of latency.batches)
+    against the MACs speed-up, for every completed trial that measured it; the diagonal is
+    "fewer MACs, as much faster". None (no file) when no trial measured latency."""
+    usable = [r for r in rows if r.usable and r.latency_speedup == r.latency_speedup]
+    if not usable:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.scatter([r.speedup for r in usable], [r.latency_speedup for r in usable], c="0.6", s=30)
+    ax.scatter([], [], c="0.6", s=30, label=f"completed trial ({len(usable)})")
+    front_ids = {r.run_id for r in on_front}
+    shown = [r for r in usable if r.run_id in front_ids]
+    ax.scatter(
+        [r.speedup for r in shown],
+        [r.latency_speedup for r in shown],
+        c=FRONT,
+        s=40,
+        zorder=3,
+        label=f"Pareto front ({len(shown)})",
+    )
+    if pick is not None and pick in usable:
+        ax.scatter(
+            pick.speedup,
+            pick.latency_speedup,
+            s=380,
+            facecolors="none",
+            edgecolors="k",
+            linewidths=2,
+            zorder=5,
+            label=f"{pick_label}: {pick.trial_id}",
+        )
+    top = max(max(r.speedup for r in usable), max(r.latency_speedup for r in usable)) * 1.1
+    ax.plot([1, top], [1, top], ls="--", c="0.5", lw=1, label="measured = MACs")
+    ax.set_xlabel("MACs speed-up (x)")
+    ax.set_ylabel("measured latency speed-up (x)")
+    ax.set_title("What the MACs speed-up is worth on the trials' device")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=9)
+    return save(fig, path)
 
 
 # -- per-layer widths ---------------------------------------------------------------------------
