@@ -21,13 +21,21 @@ from search.cli.options import command, out_folder, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
 from search.export import ONNX_FILE, export_onnx, export_trial
 from search.importance import log_what_mattered
+from search.objectives import Objective
 from search.pareto import Pick, format_front, front, front_json, parse_pick, pick
 from search.progress import say
 from search.report.data import read_report_data
 from search.report.html import build_html
 from search.space import describe_space
 from search.strategies import describe as describe_strategy
-from search.trials import TrialRow, load_rows, rows_with_ray_fallback, search_cost, tag_front
+from search.trials import (
+    TrialRow,
+    load_rows,
+    rows_with_ray_fallback,
+    search_cost,
+    search_objectives,
+    tag_front,
+)
 from trainables import tracking
 
 
@@ -157,22 +165,24 @@ def finish_search(
             "the trials' results are kept in Ray's storage; once the tracking server is back, "
             "`prunetune pareto` with this config copies them into MLflow"
         )
-        say(format_front(rows, front(rows), cost))
-        return {"front": front_json(front(rows)), "trials": len(rows), "mlflow": False}
+        on_front = front(rows, config.ranked_by)  # the config's objectives
+        say(format_front(rows, on_front, cost, config.ranked_by))
+        return {"front": front_json(on_front), "trials": len(rows), "mlflow": False}
     for row in rows:
         if row.trial_id in reference_ids:
             tracking.set_tags(uri, row.run_id, {"reference": "true"})
     rows = load_rows(uri, config.experiment_name, parent_id, cost)
-    on_front = front(rows)
+    on_front = front(rows, config.ranked_by)
     tag_front(uri, rows, on_front)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "pareto.json").write_text(json.dumps(front_json(on_front), indent=2))
-        (folder / "pareto.txt").write_text(format_front(rows, on_front, cost) + "\n")
+        table = format_front(rows, on_front, cost, config.ranked_by)
+        (folder / "pareto.txt").write_text(table + "\n")
         _plots_and_report(uri, config.experiment_name, parent_id, folder, cost)
         tracking.log_artifacts(uri, parent_id, folder)
     tracking.finish_run(uri, parent_id)
-    say(format_front(rows, on_front, cost))
+    say(format_front(rows, on_front, cost, config.ranked_by))
     return {"front": front_json(on_front), "trials": len(rows)}
 
 
@@ -214,8 +224,9 @@ def _add_pick(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pick",
         default="knee",
-        help="the trial to export or show: max-acc, knee (default) or max-acc-under-cost=X, "
-        "X in the search's cost unit (TMACs for cost: compute, epochs for cost: epochs)",
+        help="the trial to export or show: max-acc, knee (default), max-acc-under-cost=X (X "
+        "in the search's cost unit: TMACs for cost: compute, epochs for cost: epochs) or "
+        "max-acc-under-latency=X (X in ms per batch at the first of latency.batches)",
     )
 
 
@@ -246,6 +257,14 @@ def _cost(args: argparse.Namespace, uri: str, experiment: str) -> CostObjective:
     if Path(args.experiment).is_file():
         return load_config(args.experiment, args.overrides).cost_objective
     return search_cost(uri, tracking.latest_parent(uri, experiment))
+
+
+def _objectives(args: argparse.Namespace, uri: str, experiment: str) -> tuple[Objective, ...]:
+    """The objectives to rank by: the config's (`objectives`, overridable), or for an experiment
+    name the ones its latest search chose."""
+    if Path(args.experiment).is_file():
+        return load_config(args.experiment, args.overrides).ranked_by
+    return search_objectives(uri, tracking.latest_parent(uri, experiment))
 
 
 def _check_store(uri: str) -> None:
@@ -294,18 +313,18 @@ def _add_pareto(sub: Any) -> None:
 def pareto(args: argparse.Namespace) -> dict[str, Any]:
     ray_rows = _ray_rows(args)
     if ray_rows is not None:
-        on_front = front(ray_rows)
+        config = load_config(args.experiment, args.overrides)
+        on_front = front(ray_rows, config.ranked_by)
         if not args.json:
-            cost = load_config(args.experiment, args.overrides).cost_objective
-            print(format_front(ray_rows, on_front, cost))
+            print(format_front(ray_rows, on_front, config.cost_objective, config.ranked_by))
         return {"front": front_json(on_front), "trials": len(ray_rows), "source": "ray"}
     uri, experiment, _ = _where(args)
-    cost = _cost(args, uri, experiment)
+    cost, objectives = _cost(args, uri, experiment), _objectives(args, uri, experiment)
     rows = load_rows(uri, experiment, cost=cost)
-    on_front = front(rows)
+    on_front = front(rows, objectives)
     tag_front(uri, rows, on_front)
     if not args.json:
-        print(format_front(rows, on_front, cost))
+        print(format_front(rows, on_front, cost, objectives))
     return {"front": front_json(on_front), "trials": len(rows)}
 
 
@@ -343,7 +362,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     ray_rows = _ray_rows(args)
     out = out_folder(args.out, "--out")  # checked now, made once the pick is known
     if ray_rows is not None:  # MLflow unreachable: the trial's files from its Ray checkpoint
-        row = pick(ray_rows, how)
+        row = pick(ray_rows, how, load_config(args.experiment, args.overrides).ranked_by)
         with writing_into(out):
             metrics = export_trial("", row, out, args.pick)
         say(
@@ -352,10 +371,13 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         )
         return metrics | {"out": str(out)} | _onnx(args, out, row)
     uri, experiment, _ = _where(args)
-    cost = _cost(args, uri, experiment)
-    pick(load_rows(uri, experiment, cost=cost), how)  # nothing completed: the error, first
+    cost, objectives = _cost(args, uri, experiment), _objectives(args, uri, experiment)
+    # nothing completed, or a limit no trial meets: the error, first
+    pick(load_rows(uri, experiment, cost=cost), how, objectives)
     with writing_into(out):
-        data = read_report_data(uri, experiment, how, args.pick, out, cost=cost)
+        data = read_report_data(
+            uri, experiment, how, args.pick, out, cost=cost, objectives=objectives
+        )
         row = data.pick
         assert row is not None
         metrics = export_trial(uri, row, out, args.pick)
@@ -410,9 +432,11 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
             "tracking server (`prunetune pareto` shows the front from Ray's storage meanwhile)"
         )
     out = out_folder(args.out or out_dir, "--out")
-    cost = _cost(args, uri, experiment)
+    cost, objectives = _cost(args, uri, experiment), _objectives(args, uri, experiment)
     with tempfile.TemporaryDirectory() as tmp:
-        data = read_report_data(uri, experiment, how, args.pick, Path(tmp), cost=cost)
+        data = read_report_data(
+            uri, experiment, how, args.pick, Path(tmp), cost=cost, objectives=objectives
+        )
     path = out / "report.html"
     with writing_into(out):
         path.write_text(build_html(data))
