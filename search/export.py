@@ -64,6 +64,18 @@ def _add_to_report(out: Path, line: str) -> None:
         f.write(f"\n{line}\n")
 
 
+def _latency_line(row: TrialRow) -> str:
+    """The measured speed-up beside the MACs one (metrics.json has every batch size), or ''
+    when the search measured no latency."""
+    if row.latency_speedup != row.latency_speedup:  # NaN
+        return ""
+    return (
+        f"- measured latency {row.latency_ms:.3g} ms per batch, {row.latency_speedup:.2f}x "
+        "faster than the unpruned model (same process and threads, first of latency.batches; "
+        "metrics.json: latency_ms_b<batch>, latency_speedup_b<batch>)\n"
+    )
+
+
 def trial_summary_md(row: TrialRow, how: str, out: Path, model: str = "") -> str:
     """report.md: what was exported, its numbers, and how to replay it."""
     return (
@@ -73,7 +85,8 @@ def trial_summary_md(row: TrialRow, how: str, out: Path, model: str = "") -> str
         f"- schedule: {row.schedule}\n"
         f"- validation accuracy {row.val_acc:.2%} at {row.speedup:.3f}x MACs speed-up "
         f"({row.macs / 1e6:.2f}M MACs, {row.params / 1e6:.3f}M params)\n"
-        f"- cost: {row.train_tmacs:.4g} TMACs of fine-tune compute (10^12 MACs), "
+        + _latency_line(row)
+        + f"- cost: {row.train_tmacs:.4g} TMACs of fine-tune compute (10^12 MACs), "
         f"{row.epochs_used:g} fine-tune epochs, {row.train_seconds:.0f} s of training\n\n"
         "Files: `schedule.yaml` (the recipe, with the data, seed and baseline it ran on), "
         "`pruned.pt` (the pruned model as structure + weights, no pickles: "
