@@ -31,6 +31,7 @@ from pruning.validate import build_dataclass, did_you_mean, number_in, positive_
 from search.objectives import DEFAULT_OBJECTIVES, Objective, check_objectives
 from search.space import checked_points
 from search.strategies import DEFAULT_STRATEGY, check_strategy, migrate
+from trainables.mlflow_models import LOG_MODELS, flavours
 from trainables.point import DIMENSIONS, Dimension, min_channels_for
 
 # MLflow tracking stores by URI scheme (a database's may name a driver: postgresql+psycopg2).
@@ -123,10 +124,17 @@ class Resources:
 class MlflowConfig:
     tracking_uri: str | None = None  # None: sqlite database under the output folder
     experiment: str | None = None  # None: the experiment's name
+    # The MLflow model flavours each finished trial logs its model in (trainables.mlflow_models.
+    # FLAVOURS): true, every one whose packages are installed; false, none; or a list of names.
+    log_models: bool | tuple[str, ...] = LOG_MODELS
 
     def __post_init__(self) -> None:
         if self.tracking_uri is not None:
             _check_tracking_uri(self.tracking_uri)
+        if isinstance(self.log_models, list):  # from YAML
+            object.__setattr__(self, "log_models", tuple(self.log_models))
+        if not isinstance(self.log_models, bool):
+            flavours(self.log_models)  # checks the names, and that their extras are installed
         require(
             self.experiment is None
             or (isinstance(self.experiment, str) and self.experiment.strip() != ""),
@@ -134,6 +142,10 @@ class MlflowConfig:
             self.experiment,
             "a non-empty name, or null for the experiment's name",
         )
+
+    @property
+    def model_flavours(self) -> tuple[str, ...]:
+        return flavours(self.log_models)
 
 
 def _check_tracking_uri(uri: object) -> None:

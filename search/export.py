@@ -12,7 +12,7 @@ from pruning import schedule as schedule_io
 from pruning.models import load_pruned, save_pruned
 from pruning.onnx_export import OnnxExport, OnnxVerificationError, export_pruned
 from search.trials import TrialRow
-from trainables import tracking
+from trainables import mlflow_models, tracking
 
 FILES = ("schedule.yaml", "pruned.pt", "widths.json", "metrics.json")  # from the trial's final/
 ONNX_FILE = "model.onnx"  # with --onnx; kept as model.failed.onnx when its verification fails
@@ -57,6 +57,30 @@ def export_onnx(out: Path, macs_speedup: float | None = None) -> OnnxExport:
         raise
     _add_to_report(out, result.report_line())
     return result
+
+
+def register(
+    uri: str, name: str, row: TrialRow, out: Path, metrics: dict[str, Any]
+) -> mlflow_models.Registered:
+    """The trial's logged model as a new version of the registered model `name`, tagged with
+    its speed-ups, accuracy and schedule (and its search, by trainables.mlflow_models). Runs
+    after the files are written: an error names the folder that holds them."""
+    tags = {
+        "macs_speedup": f"{row.speedup:.4f}",
+        "val_acc": f"{row.val_acc:.4f}",
+        "schedule": row.schedule,
+        "trial_id": row.trial_id,
+    }
+    if metrics.get("latency_speedup") is not None:  # the trial measured its latency
+        tags["latency_speedup"] = f"{metrics['latency_speedup']:.4f}"
+    try:
+        registered = mlflow_models.register(
+            uri, name, row.run_id, out / FILES[1], tags, row.speedup
+        )
+    except (RuntimeError, ValueError) as err:
+        raise type(err)(f"{err} (the exported files are in {out})") from None
+    _add_to_report(out, f"- MLflow Model Registry: `{registered.uri}` (at {uri})")
+    return registered
 
 
 def _add_to_report(out: Path, line: str) -> None:

@@ -297,6 +297,7 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         baseline_sha256=file_sha256(baseline_path),
         cost=config.cost,
         latency=config.latency,
+        model_flavours=config.mlflow.model_flavours,
     )
     tuner = _tuner(config, _trainable(config, context, baseline), resume, context)
     wall_before, started = previous_wall(config.tracking_uri, parent), time.monotonic()

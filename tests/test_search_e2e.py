@@ -7,23 +7,32 @@ import json
 import re
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from support.experiment import tiny_experiment
 from support.mlflow_server import runs_by_role
+from support.procs import free_port
 
 from pruning.compute import COSTS
-from search.accounting import per_trial_cost
-from pruning.compute import COSTS
+from pruning.models import load_pruned
 from search.accounting import per_trial_cost
 from search.cli import main
 from search.trials import rows_from_runs
-from search.trials import rows_from_runs
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-PLOTS = ("pareto.png", "widths.png", "accuracy.png", "accuracy_front.png")
+# the front against cost and against latency (three objectives), MACs vs. measured speed-up
+PLOTS = (
+    "pareto.png",
+    "pareto_latency.png",
+    "speedups.png",
+    "widths.png",
+    "accuracy.png",
+    "accuracy_front.png",
+)
 # A distillation temperature so small that logits / T overflow float32: the loss is NaN in the
 # first fine-tune epoch, every time. (An LR of 10, the most the space allows, does not do it on
 # this BatchNorm network: the loss peaks near 2e8 and stays finite.)
@@ -52,6 +61,12 @@ EXPERIMENT = tiny_experiment(
     num_trials=5,  # the reference, the three points and one the sampler draws
     # Early stopping on: a trial ASHA stops must never count as a finished schedule.
     asha={"enabled": True, "grace_epochs": 1, "reduction_factor": 2},
+    # Each finished trial logs its MLflow model; pytorch only (the onnx flavour costs about 10 s
+    # more a trial: tests/test_mlflow_models.py logs it)
+    mlflow={"log_models": ["pytorch"]},
+    # Ranked by all three objectives; each trial times its models with the default latency
+    # settings (batch 1 and 64, 5 warm-up and 20 timed runs: well under a second here).
+    objectives=["val_acc", "cost", "latency"],
 )
 
 
@@ -77,6 +92,7 @@ def test_parent_and_child_runs(searched) -> None:
     assert parent.info.status == "FINISHED"
     assert {"git_commit", "version.torch", "version.ray"} <= set(parent.data.tags)
     assert parent.data.params["target_speedup"] == "3.9"
+    assert yaml.safe_load(parent.data.params["objectives"]) == ["val_acc", "cost", "latency"]
     files = {f.path for f in MlflowClient(uri).list_artifacts(parent.info.run_id)}
     assert {"experiment.yaml", "search_space.json", "pareto.json", "pareto.png"} <= files
     assert set(PLOTS) | {"report.html"} <= files
@@ -129,6 +145,14 @@ def test_per_stage_metrics_and_artifacts(searched) -> None:
     assert {"final/schedule.yaml", "final/pruned.pt", "final/widths.json"} <= files
     for key in ("val_acc_after_prune", "macs", "params", "epochs_used", "train_seconds"):
         assert key in two_stage[0].data.metrics
+    # measured latency beside the MACs (issue 14): after every stage's prune, against the dense
+    # model timed once in the same trial, at the primary batch (the first) and at each batch
+    latency = client.get_metric_history(two_stage[0].info.run_id, "latency_ms")
+    assert sorted(m.step for m in latency) == [1, 2] and all(m.value > 0 for m in latency)
+    m = two_stage[0].data.metrics
+    assert m["latency_speedup"] == m["latency_speedup_b1"] > 0
+    assert m["latency_ms_b64"] > m["latency_ms_b1"] and m["dense_latency_ms_b64"] > 0
+    assert "latency_iqr_ms_b64" in m
 
 
 def test_pareto_reads_back_and_tags_the_front(searched, capsys) -> None:
@@ -171,6 +195,7 @@ def test_export_then_replay_reproduces_the_trial(searched, capsys, tmp_path) -> 
         torch.set_num_threads(threads)
     assert replayed["val_acc"] == pytest.approx(exported["val_acc"], abs=1e-9)
     assert replayed["macs"] == exported["macs"]
+    assert exported["latency_speedup_b64"] > 0  # the trial's final metrics.json has every batch
 
 
 def test_export_onnx_writes_a_verified_file_beside_the_others(searched, capsys, tmp_path) -> None:
@@ -218,36 +243,85 @@ def test_report_on_a_folder_without_a_search_says_what_to_fix(searched, capsys, 
     assert "no MLflow database at" in err and "overrides" in err and "Traceback" not in err
 
 
+def test_finished_trials_log_their_model(searched) -> None:
+    _, uri, _ = searched
+    client = MlflowClient(uri)
+    _, trials = runs(uri)
+    finished = [t for t in trials if t.info.status == "FINISHED"]
+    assert finished
+    for t in finished:
+        logged = client.get_logged_model(t.data.tags["prunetune.model_id"])
+        assert logged.status == "READY" and logged.source_run_id == t.info.run_id
+        assert logged.name == "model" and t.data.metrics["model_log_seconds"] > 0
+        assert "prunetune.onnx_model_id" not in t.data.tags  # log_models: [pytorch]
+    for t in trials:  # failed or stopped early: no model
+        assert t.info.status == "FINISHED" or "prunetune.model_id" not in t.data.tags
+
+
+def test_export_register_gives_a_model_pyfunc_runs_as_load_pruned(
+    searched, capsys, tmp_path, monkeypatch
+) -> None:
+    config, uri, _ = searched
+    out = tmp_path / "export"
+    argv = ["export", str(config), "--pick", "max-acc", "--out", str(out), "--register", "e2e-vgg"]
+    assert main([*argv, "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["registered"]["uri"] == "models:/e2e-vgg/1"
+    assert not exported["registered"]["logged_now"]  # the trial's own logged model
+    version = MlflowClient(uri).get_model_version("e2e-vgg", "1")
+    (parent,), _ = runs(uri)
+    assert version.run_id == exported["run_id"]
+    assert version.tags["search.experiment"] == "e2e"
+    assert version.tags["search.parent_run_id"] == parent.info.run_id
+    assert float(version.tags["macs_speedup"]) == pytest.approx(exported["speedup"], abs=1e-4)
+    assert float(version.tags["val_acc"]) == pytest.approx(exported["val_acc"], abs=1e-4)
+    assert version.tags["schedule"] and version.tags["trial_id"] == exported["trial_id"]
+    if exported.get("latency_speedup") is not None:  # the trial measured its latency
+        assert float(version.tags["latency_speedup"]) == pytest.approx(
+            exported["latency_speedup"], abs=1e-4
+        )
+    assert "`models:/e2e-vgg/1`" in (out / "report.md").read_text()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = load_pruned(out / "pruned.pt").eval()
+    with torch.no_grad():
+        want = model(images).numpy()  # (5, 4)
+    got = mlflow.pyfunc.load_model("models:/e2e-vgg/1").predict(images.numpy())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+    argv[argv.index(str(out))] = str(tmp_path / "again")
+    assert main(argv) == 0  # without --json, the model's URI is printed
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "models:/e2e-vgg/2"
+
+
+def test_register_refusals_are_one_line_after_the_files_are_written(
+    searched, capsys, tmp_path
+) -> None:
+    config, uri, _ = searched
+    client = MlflowClient(uri)
+    (parent,), _ = runs(uri)
+    client.create_registered_model("not-prunetune")
+    client.create_model_version("not-prunetune", f"{parent.info.artifact_uri}/elsewhere")
+    down = f"http://127.0.0.1:{free_port()}"  # the export then reads Ray's storage
+    cases = {
+        "taken": (["--register", "not-prunetune"], "its version 1 is not a prunetune model"),
+        "down": (["--mlflow-uri", down, "--register", "e2e-down"], f"{down} is unreachable"),
+    }
+    for name, (extra, message) in cases.items():
+        out = tmp_path / name
+        assert main(["export", str(config), "--out", str(out), *extra]) == 2
+        errors = [ln for ln in capsys.readouterr().err.splitlines() if " error: " in ln]
+        assert len(errors) == 1 and message in errors[0], errors
+        assert f"the exported files are in {out}" in errors[0]
+        assert {"schedule.yaml", "pruned.pt", "metrics.json", "report.md"} <= {
+            p.name for p in out.iterdir()
+        }
+
+
 def _replay(schedule: Path, out: Path, capsys) -> dict:
     assert main(["replay", str(schedule), "--out", str(out), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-def test_search_logs_its_compute_anytime_curve_and_what_mattered(searched) -> None:
-    """The parent run's search_cost is the trials' compute summed (the ASHA-stopped and the
-    failed ones with what they computed); its anytime curve only rises."""
-    _, uri, _ = searched
-    (parent,), trials = runs(uri)
-    rows = rows_from_runs(trials, COSTS["compute"])
-    total = per_trial_cost(rows)
-    assert total > 0 and parent.data.metrics["search_cost"] == pytest.approx(total, rel=1e-9)
-    assert parent.data.metrics["search_wall_s"] > 0
-    client = MlflowClient(uri)
-
-    def history(key: str) -> list:
-        points = client.get_metric_history(parent.info.run_id, key)
-        return sorted(points, key=lambda m: (m.timestamp, m.step))
-
-    cost = history("search_cost")
-    assert [m.value for m in cost] == sorted(m.value for m in cost)
-    assert all(m.step == round(m.value * 1000) for m in cost)  # GMACs
-    best = history("best_val_acc")
-    assert [m.value for m in best] == sorted(m.value for m in best)
-    assert best[-1].value == pytest.approx(max(r.val_acc for r in rows if r.usable))
-    # 5 trials: too few for parameter importance, and it says so
-    assert parent.data.tags["what_mattered"].startswith("too few finished trials to tell")
-    files = {f.path for f in client.list_artifacts(parent.info.run_id)}
-    assert "importance.json" in files
 
 
 def test_search_logs_its_compute_anytime_curve_and_what_mattered(searched) -> None:

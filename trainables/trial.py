@@ -24,10 +24,11 @@ from pruning.data import Dataset, DataSpec, load_dataset
 from pruning.latency import LatencySettings
 from pruning.latency_target import LatencyTarget, land_model, landed_schedule
 from pruning.models import load_pruned, save_pruned
+from pruning.onnx_export import CheckInputs
 from pruning.run_info import ModelInfo, RunInfo, model_from_state
 from pruning.runner import RunState, StageResult, run_schedule
 from pruning.schedule import Schedule, Training
-from trainables import tracking
+from trainables import mlflow_models, tracking
 from trainables.point import TrialPoint, flat_params
 
 
@@ -47,7 +48,6 @@ class TrialContext:
     baseline_path: str | None  # recorded in the exported schedule's run section
     baseline_sha256: str | None = None  # of the baseline file's bytes, recorded beside it
     cost: str = DEFAULT_COST  # the cost objective (pruning.compute.COSTS) reported as "cost"
-
     # MLflow model flavours the finished trial logs its pruned model in (config mlflow.log_models)
     model_flavours: tuple[str, ...] = ()
     # The trial times the unpruned model and each stage's in its own threads (enabled=False: no
@@ -56,6 +56,7 @@ class TrialContext:
     # target.latency_speedup: the last stage lands on a measured latency speed-up (None: the
     # MACs target_speedup)
     latency_target: LatencyTarget | None = None
+
 
 def _device_and_threads() -> tuple[torch.device, int]:
     """CUDA only when Ray gave this trial a GPU; torch threads = the CPUs Ray gave it."""
@@ -105,7 +106,11 @@ def run_trial(
         model = restored[0] if restored else baseline_model
         # The teacher is the baseline itself, also when the trial continues from a checkpoint.
         teacher = _baseline_model(context, baseline, data)[0] if schedule.distill else None
-        on_stage = _StageReporter(context, schedule, run, threads, ran, len(data.train.labels))
+        # the logged model's input example and normalisation
+        inputs = mlflow_models.model_inputs(data) if context.model_flavours else None
+        on_stage = _StageReporter(
+            context, schedule, run, threads, ran, len(data.train.labels), inputs
+        )
         try:
             run_schedule(
                 model,
@@ -221,6 +226,7 @@ class _StageReporter:
     threads: int
     model: ModelInfo  # what ran, for the final bundle's run section
     train_images: int  # the training split's size: one epoch of ASHA's time
+    model_inputs: CheckInputs | None = None  # None: no MLflow model is logged
 
     def __call__(self, result: StageResult, pruned: torch.nn.Module, state: RunState) -> None:
         # "cost" is what Optuna minimises and ASHA's time: the chosen objective's metric
@@ -251,6 +257,10 @@ class _StageReporter:
             self.run.set_tags({"schedule": schedule.summary()})
         final = _final_bundle(self.context, schedule, result, self.threads, folder, self.model)
         self.run.log_artifacts(final, "final")
+        if self.model_inputs is not None:  # the model of pruned.pt, rebuilt on the CPU
+            model = load_pruned(final / "pruned.pt")
+            flavours = self.context.model_flavours
+            self.run.log_model(model, self.model_inputs, result.stage, result.speedup, flavours)
         self.run.completed = True
         # Closed before the last report: once Tune has it, the driver may read the front, and
         # Tune may stop this worker before the function returns.

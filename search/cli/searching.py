@@ -19,7 +19,7 @@ from pruning.onnx_export import require_onnx
 from search.accounting import describe_spent
 from search.cli.options import command, out_folder, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
-from search.export import ONNX_FILE, export_onnx, export_trial
+from search.export import ONNX_FILE, export_onnx, export_trial, register
 from search.importance import log_what_mattered
 from search.objectives import Objective
 from search.pareto import Pick, format_front, front, front_json, parse_pick, pick
@@ -37,6 +37,7 @@ from search.trials import (
     tag_front,
 )
 from trainables import tracking
+from trainables.mlflow_models import check_name
 
 
 def add_parsers(sub: Any) -> None:
@@ -339,6 +340,7 @@ def _add_export(sub: Any) -> None:
         "model.onnx, verified with onnxruntime on 256 validation images.",
         "prunetune export experiments/demo_search.yaml --pick knee --out runs/demo/export",
         "prunetune export experiments/demo_search.yaml --out runs/demo/export --onnx",
+        "prunetune export experiments/demo_search.yaml --out runs/demo/export --register demo-vgg",
         "prunetune export experiments/demo_search.yaml --pick max-acc-under-cost=1.5 --out best/",
     )
     _add_pick(p)
@@ -351,6 +353,13 @@ def _add_export(sub: Any) -> None:
         "is an error and the file is kept as model.failed.onnx) and time both; needs "
         "pip install 'prunetune[onnx]'",
     )
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="also register the trial's logged MLflow model as a new version of the registered "
+        "model NAME (created if new; a name holding other models is refused), tagged with its "
+        "speed-ups, accuracy, schedule and search; prints models:/NAME/<version>",
+    )
     p.set_defaults(handler=export)
 
 
@@ -359,6 +368,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     how = parse_pick(args.pick)
     if args.onnx:  # a missing extra is said before anything is read or written
         require_onnx("prunetune export --onnx")
+    if args.register is not None:
+        check_name(args.register)
     ray_rows = _ray_rows(args)
     out = out_folder(args.out, "--out")  # checked now, made once the pick is known
     if ray_rows is not None:  # MLflow unreachable: the trial's files from its Ray checkpoint
@@ -369,7 +380,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             f"exported trial {row.trial_id} from Ray's storage to {out} (no report.html: it "
             "needs MLflow)"
         )
-        return metrics | {"out": str(out)} | _onnx(args, out, row)
+        done = metrics | {"out": str(out)} | _onnx(args, out, row)
+        return done | _register(args, _where(args)[0], row, out, metrics)
     uri, experiment, _ = _where(args)
     cost, objectives = _cost(args, uri, experiment), _objectives(args, uri, experiment)
     # nothing completed, or a limit no trial meets: the error, first
@@ -387,7 +399,25 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         f"with its plots and report.html; replay it with: "
         f"prunetune replay {out / 'schedule.yaml'}"
     )
-    return metrics | {"out": str(out)} | _onnx(args, out, row)
+    done = metrics | {"out": str(out)} | _onnx(args, out, row)
+    return done | _register(args, uri, row, out, metrics)
+
+
+def _register(
+    args: argparse.Namespace, uri: str, row: TrialRow, out: Path, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """With --register: the trial's model as a new version in MLflow's Model Registry, after
+    every file is written (an unreachable server or an incompatible name fails only this)."""
+    if args.register is None:
+        return {}
+    registered = register(uri, args.register, row, out, metrics)
+    say(
+        f"registered trial {row.trial_id} as version {registered.version} of "
+        f"{registered.name}: {registered.uri}"
+    )
+    if not args.json:
+        print(registered.uri)
+    return {"registered": dataclasses.asdict(registered) | {"uri": registered.uri}}
 
 
 def _onnx(args: argparse.Namespace, out: Path, row: TrialRow) -> dict[str, Any]:

@@ -16,6 +16,9 @@ TINY: dict[str, Any] = {
     "num_trials": 4,
     "max_concurrent": 2,
     "device": "cpu",
+    # No MLflow models: logging one costs a trial about 5 s (pytorch) to 20 s (with onnx) here;
+    # the tests of model logging turn it on.
+    "mlflow": {"log_models": False},
 }
 
 
