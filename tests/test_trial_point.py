@@ -94,6 +94,8 @@ def test_a_point_that_leaves_out_a_value_the_space_lacks_says_so() -> None:
         ({"mlflow": {"tracking_uri": "sqlite://"}}, "sqlite:///path/to/mlflow.db"),
         ({"mlflow": {"tracking_uri": "http://"}}, "needs a host"),
         ({"mlflow": {"experiment": " "}}, "mlflow.experiment=' ' is invalid"),
+        ({"mlflow": {"log_models": ["pytorch", "onxx"]}}, r"log_models\[\]='onxx'.*'onnx'\?"),
+        ({"mlflow": {"log_models": "yes"}}, "log_models='yes' is invalid: true, false or a list"),
         ({"points": {"n_stages": 2}}, "points=.* is invalid: a list of mappings"),
         ({"reference_trial": "yes"}, "reference_trial='yes' is invalid"),
     ],

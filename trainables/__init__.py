@@ -5,4 +5,6 @@
 - trial.py: the Ray Tune trainable: Tune's config -> TrialPoint -> Schedule -> per stage prune,
   fine-tune, evaluate, checkpoint, `tune.report` and MLflow logging.
 - tracking.py: MLflow, fenced in (trial runs, the search's parent run, reading runs back).
+- mlflow_models.py: MLflow Models: a finished trial's pruned model logged under its run (the
+  FLAVOURS registry: pytorch pt2, onnx), and `export --register`'s Model Registry versions.
 """
