@@ -15,9 +15,11 @@ Knows nothing of Ray or MLflow, so every piece can be called from a notebook. Ro
 - train.py: the one training loop (LR schedules, distillation loss) and evaluation;
   bn_recal.py: BatchNorm statistics re-estimated after a prune; compute.py: fine-tune compute in
   TMACs and the cost objectives.
-- runner.py: a schedule stage by stage (prune, recalibrate, evaluate, fine-tune, evaluate);
+- runner.py: a schedule stage by stage (prune, time, recalibrate, evaluate, fine-tune, evaluate);
   replay.py: `prunetune replay`'s in-process run; pretrain.py: the unpruned baseline.
 - devices.py: choosing the torch device.
+- latency.py: measured inference latency (median and spread; CPU threads, CUDA synchronised)
+  and LatencySettings, how a run times its models.
 - onnx_export.py: a pruned model as one ONNX file (normalisation in its metadata), verified and
   timed in onnxruntime; onnx/onnxruntime (the optional extra `onnx`) are imported only there,
   inside its functions.

@@ -4,6 +4,7 @@
   cli/model.py holds prune, pretrain, replay (one model, `pruning` only); cli/searching.py holds
   search, pareto, export, report; cli/options.py the options several commands share.
 - config.py: the experiment YAML, validated (ExperimentConfig).
+- objectives.py: what a search ranks by (val_acc, cost, latency: one registry).
 - space.py: the Tune search space, the samplers and the Optuna searcher.
 - tuner.py: running a search: baseline, parent MLflow run, Ray Tune, the end of the search.
 - cluster.py: the Ray cluster a search runs on, and the resource check before any trial.
