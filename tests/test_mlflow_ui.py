@@ -4,6 +4,8 @@ A tiny search runs against a real `mlflow server` on 127.0.0.1 (`prunetune searc
 then `prunetune pareto`), then the browser opens the experiment: the parent run is listed, its
 trials appear nested under it once expanded, the run page names them as child runs, and the
 parent's Artifacts tab renders `pareto.png` (the image loads, at the size MLflow stores).
+`prunetune export --register` then makes a trial's model a version in the Model Registry, and
+the Models page lists it with that version.
 Screenshots go to the test's tmp folder and to `runs/test-artifacts/mlflow_ui/`.
 
 The browser is Debian's `chromium` (or `PRUNETUNE_CHROMIUM=/path/to/chrome`); Playwright's own
@@ -59,6 +61,7 @@ EXPERIMENT = tiny_experiment(
     num_trials=2,
     resources={"cpu": 1},
 )
+REGISTERED = "ui-check-model"  # the name `prunetune export --register` gives the picked model
 
 
 def find_chromium() -> str | None:
@@ -101,6 +104,7 @@ class Searched:
     parent_name: str
     children: dict[str, str]  # run id -> run name
     pareto_png: bytes
+    registered_version: str  # of REGISTERED
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +118,8 @@ def searched(chromium, ray_cluster, mlflow_server, tmp_path_factory) -> Searched
     config.write_text(yaml.safe_dump(EXPERIMENT | {"out": str(out / "run")}))
     assert main(["search", str(config), "--mlflow-uri", mlflow_server]) == 0
     assert main(["pareto", "ui-check", "--mlflow-uri", mlflow_server]) == 0
+    export = ["export", "ui-check", "--mlflow-uri", mlflow_server, "--out", str(out / "export")]
+    assert main([*export, "--register", REGISTERED]) == 0
 
     client = MlflowClient(mlflow_server)  # what the UI must show, read over the REST API
     experiment = client.get_experiment_by_name("ui-check")
@@ -130,6 +136,7 @@ def searched(chromium, ray_cluster, mlflow_server, tmp_path_factory) -> Searched
         parent_name=parent.info.run_name,
         children={t.info.run_id: t.info.run_name for t in trials},
         pareto_png=Path(png).read_bytes(),
+        registered_version=client.search_model_versions(f"name = '{REGISTERED}'")[0].version,
     )
 
 
@@ -237,3 +244,22 @@ def test_pareto_plot_is_shown_on_the_parent_run(searched: Searched, ui: UI) -> N
         shown = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
         assert tuple(shown) == png_size(s.pareto_png), f"{shown} is not pareto.png's size"
     ui.save("parent_pareto.png")
+
+
+def test_registered_model_is_on_the_models_page(searched: Searched, ui: UI) -> None:
+    from playwright.sync_api import expect
+
+    s, page = searched, ui.page
+    # MLflow 3 announces its new registry UI in a dialog over the page, when it likes: closed
+    promo = page.get_by_role("dialog")
+    page.add_locator_handler(promo, lambda: promo.get_by_label("Close").click())
+    link = page.locator(f'a[href$="/models/{REGISTERED}"]')
+    with ui.step(f"the Models page lists {REGISTERED}"):
+        page.goto(f"{s.uri}/#/models")
+        expect(link.first).to_have_text(REGISTERED)
+    ui.save("models_page.png")
+    with ui.step(f"its page lists version {s.registered_version}"):
+        link.first.click()
+        version = page.locator(f'a[href$="/models/{REGISTERED}/versions/{s.registered_version}"]')
+        expect(version.first).to_be_visible()
+    ui.save("registered_model.png")

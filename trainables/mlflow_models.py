@@ -330,7 +330,8 @@ def register(
     logged_now = model_id is None
     if model_id is None:
         model_id = _log_now(uri, run_id, model, pruned, speedup)
-    version_tags = model_tags(spec) | _search_tags(uri, run_id) | tags
+    # the caller's first: the registry's pages show a version's first few tags
+    version_tags = tags | _search_tags(uri, run_id) | model_tags(spec)
     with _tracking_uri(uri):  # MLflow resolves models:/<id> through the global tracking URI
         if not tracking._retry(lambda: _exists(client, name), "reading the registered model"):
             tracking._retry(
