@@ -61,8 +61,8 @@ EXPERIMENT = tiny_experiment(
     num_trials=5,  # the reference, the three points and one the sampler draws
     # Early stopping on: a trial ASHA stops must never count as a finished schedule.
     asha={"enabled": True, "grace_epochs": 1, "reduction_factor": 2},
-    # Each finished trial logs its MLflow model; pytorch only (the onnx flavour costs about 10 s
-    # more a trial: tests/test_mlflow_models.py logs it)
+    # Each finished trial logs its MLflow model; pytorch only (the onnx flavour costs 3-10 s more
+    # a trial: tests/test_mlflow_models.py logs it)
     mlflow={"log_models": ["pytorch"]},
     # Ranked by all three objectives; each trial times its models with the default latency
     # settings (batch 1 and 64, 5 warm-up and 20 timed runs: well under a second here).

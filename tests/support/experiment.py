@@ -16,8 +16,8 @@ TINY: dict[str, Any] = {
     "num_trials": 4,
     "max_concurrent": 2,
     "device": "cpu",
-    # No MLflow models: logging one costs a trial about 5 s (pytorch) to 20 s (with onnx) here;
-    # the tests of model logging turn it on.
+    # No MLflow models: logging them costs a trial 2-5 s (pytorch) and 3-10 s more (onnx) on
+    # this 2-core machine; the tests of model logging turn it on.
     "mlflow": {"log_models": False},
 }
 
