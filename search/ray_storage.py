@@ -14,7 +14,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pruning import schedule as schedule_io
 from pruning.runner import StageResult
+from pruning.schedule import Schedule
 from search.config import ExperimentConfig
 from search.space import is_reference as is_reference_config
 from search.space import trial_schedule
@@ -63,8 +65,18 @@ def read_trials(experiment_dir: Path, parent_run_id: str | None = None) -> list[
     return trials
 
 
+def ran_schedule(config: ExperimentConfig, trial: RayTrial) -> Schedule:
+    """The schedule the trial ran: its final bundle's file once it finished (exact also where
+    the trial settled it at run time: a latency target's landed MACs speed-up), else the one
+    its config plans."""
+    final = trial.checkpoint / "final" / "schedule.yaml" if trial.checkpoint else None
+    if final is not None and final.exists():
+        return schedule_io.load(final)[0]
+    return trial_schedule(trial.config, config)
+
+
 def schedule_summary(config: ExperimentConfig, trial: RayTrial) -> str:
-    return trial_schedule(trial.config, config).summary()
+    return ran_schedule(config, trial).summary()
 
 
 def is_reference(config: ExperimentConfig, trial: RayTrial) -> bool:
@@ -75,7 +87,7 @@ def copy_to_mlflow(
     config: ExperimentConfig, experiment_id: str, parent_id: str, trial: RayTrial
 ) -> str:
     """One trial from Ray's storage as a FINISHED run: params, per-stage metrics, final/."""
-    schedule = trial_schedule(trial.config, config)
+    schedule = ran_schedule(config, trial)
     tags = {"source": "ray-storage", "schedule": schedule.summary()}
     if config.reference_trial and is_reference(config, trial):
         tags["reference"] = "true"

@@ -46,3 +46,23 @@ def test_a_last_stage_without_its_final_bundle_is_not_completed(tmp_path) -> Non
     trial_folder(tmp_path, "run_trial_a", [report("a", 1, 0.6, 1.0)], final=False)
     (trial,) = read_trials(tmp_path)
     assert not trial.completed
+
+
+def test_a_finished_trial_reads_as_the_schedule_it_ran_not_the_one_its_config_plans(
+    tmp_path,
+) -> None:
+    """A latency target settles the last stage's MACs speed-up inside the trial: the front and
+    the copy into MLflow must name that schedule (from final/), not the config's plan."""
+    from pruning import schedule as schedule_io
+    from pruning.schedule import Schedule, Stage
+    from search.config import config_from_dict
+    from search.ray_storage import ran_schedule, schedule_summary
+
+    trial_folder(tmp_path, "run_trial_a", [report("a", 1, 0.6, 1.0)])
+    ran = Schedule(3.3, (Stage(3.3, 2, 0.01, "cosine"),), importance="lamp")
+    final = tmp_path / "run_trial_a" / "checkpoint_000001" / "final" / "schedule.yaml"
+    schedule_io.save(final, ran)
+    (trial,) = read_trials(tmp_path)
+    config = config_from_dict({"name": "x", "target_speedup": 2.0})
+    assert ran_schedule(config, trial) == ran
+    assert schedule_summary(config, trial) == ran.summary()
