@@ -3,9 +3,14 @@
 Compute is the experiment's cost unit (pruning.compute.COSTS: TMACs of fine-tuning for
 `cost: compute`, epochs for `cost: epochs`), read from each trial's latest cumulative report:
 a trial ASHA stopped or one that failed counts with what it had computed by its last report.
-A retried trial continues from its last stage checkpoint and reports the restored stages' cost
-again (cumulative), so a restored prefix is counted once; the part of a stage a failure threw
-away is not counted (no report carries it).
+Every run of a trial (an attempt: the first, a retry, a paused PBT trial resumed, or a PBT
+trial restarted from a donor's stage checkpoint) reports the cost of the checkpoint it started
+from (`cost_restored`, trainables.lineage.COST_RESTORED) and an id (`attempt`). A run counts
+what it computed itself: its latest cumulative cost minus `cost_restored`. So a restored prefix
+is counted once, where it was computed: a retry's by the attempt before it, an exploit's copied
+stages by the donor; a PBT trial's own stages before it was exploited stay counted (it did
+compute them, and the exploit threw them away). The part of a stage a failure threw away is not
+counted (no report carries it).
 
 On the parent run, after every trial report:
 - `search_cost`: the compute spent so far (all trials), in the cost unit;
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables import tracking
+from trainables.lineage import ATTEMPT, COST_RESTORED
 
 SEARCH_COST = "search_cost"
 BEST_SO_FAR = "best_val_acc"
@@ -51,15 +57,20 @@ def _number(value: Any) -> float:
 
 
 def spent(latest: Iterable[Mapping[str, Any] | None], metric: str) -> Spent:
-    """From each trial's latest report (None before its first): compute summed, best
-    finished accuracy."""
+    """From each attempt's latest report (None before its first): the compute each attempt
+    did itself, summed; the best finished accuracy; the trials that reported."""
     reports = [r for r in latest if r]
     finished = [float(r["val_acc"]) for r in reports if r.get("completed") and "val_acc" in r]
     return Spent(
-        cost=sum(_number(r.get(metric)) for r in reports),
+        cost=sum(_number(r.get(metric)) - _number(r.get(COST_RESTORED)) for r in reports),
         best_val_acc=max(finished) if finished else None,
-        trials=len(reports),
+        trials=len({r.get("trial_id", i) for i, r in enumerate(reports)}),
     )
+
+
+def attempt_key(trial_key: Any, report: Mapping[str, Any]) -> tuple[Any, str]:
+    """Which run of which trial a report is from (reports before `attempt` existed: one)."""
+    return trial_key, str(report.get(ATTEMPT, ""))
 
 
 def previous_wall(uri: str, parent_id: str) -> float:

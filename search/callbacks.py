@@ -10,7 +10,7 @@ from typing import Any
 from ray.tune import Callback
 
 from pruning.compute import COSTS, DEFAULT_COST, CostObjective
-from search.accounting import Spent, log_spent, previous_wall, spent
+from search.accounting import Spent, attempt_key, log_spent, previous_wall, spent
 
 
 class TrialProgress(Callback):
@@ -80,6 +80,9 @@ class AnytimeCurve(Callback):
         self.start = time.monotonic()
         self.last: Spent | None = None
         self.lost = False
+        # each attempt's latest report (search.accounting): kept when the callback is pickled
+        # with the search's state, so a resumed search goes on counting
+        self.reports: dict[tuple[Any, str], dict] = {}
 
     def setup(self, **info: Any) -> None:
         # Runs in each session (a restored Tuner unpickles this object and sets it up again).
@@ -92,12 +95,18 @@ class AnytimeCurve(Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        # Tune calls this before it stores `result` as the trial's last_result.
-        latest = [result if t is trial else t.last_result for t in trials]
-        now = spent(latest, self.metric)
-        if self.lost or now == self.last:
+        # Tune calls this before it stores `result` as the trial's last_result; a trial this
+        # callback has not seen (restored by Tune) counts with its last result.
+        for t in trials:
+            if t.last_result and t is not trial:
+                self.reports.setdefault(attempt_key(_key(t), t.last_result), t.last_result)
+        self.reports[attempt_key(_key(trial), result)] = result
+        now = spent(self.reports.values(), self.metric)
+        if now == self.last:
             return
         self.last = now
+        if self.lost:
+            return
         try:
             log_spent(self.uri, self.parent_id, now, self.offset + time.monotonic() - self.start)
         except RuntimeError as err:
@@ -111,3 +120,7 @@ class AnytimeCurve(Callback):
             file=sys.stderr,
             flush=True,
         )
+
+
+def _key(trial: Any) -> Any:
+    return getattr(trial, "trial_id", None) or id(trial)

@@ -30,7 +30,7 @@ from pruning.train import LR_SCHEDULES
 from pruning.validate import build_dataclass, did_you_mean, number_in, positive_int, require
 from search.objectives import DEFAULT_OBJECTIVES, Objective, check_objectives
 from search.space import checked_points
-from search.strategies import DEFAULT_STRATEGY, check_strategy, migrate
+from search.strategies import DEFAULT_STRATEGY, PbtConfig, check_pbt, check_strategy, migrate
 from trainables.mlflow_models import LOG_MODELS, flavours
 from trainables.point import DIMENSIONS, Dimension, min_channels_for
 
@@ -206,6 +206,7 @@ class ExperimentConfig:
     # How trials are chosen (search.strategies.STRATEGIES); files that say `sampler` still read.
     strategy: str = DEFAULT_STRATEGY
     n_startup_trials: int | None = None  # None: max(2, min(10, num_trials // 4))
+    pbt: PbtConfig = field(default_factory=PbtConfig)  # strategy: pbt's settings
     seed: int = 0
     num_trials: int = 8
     max_concurrent: int = 2
@@ -260,6 +261,7 @@ class ExperimentConfig:
             _check_reference(self.space)
         require(isinstance(self.points, tuple), "points", self.points, "a list of mappings")
         checked_points(self)  # every key known, every value of its type and in the space
+        check_pbt(self)
 
     @property
     def cost_objective(self) -> CostObjective:
@@ -388,6 +390,7 @@ _SECTIONS: dict[str, type] = {
     "mlflow": MlflowConfig,
     "asha": AshaConfig,
     "latency": LatencySettings,
+    "pbt": PbtConfig,
 }
 _LISTS = {f.name for f in dataclasses.fields(SpaceConfig) if "tuple" in str(f.type)}
 
@@ -423,6 +426,10 @@ def config_from_dict(raw: Any, source: str = "<config>") -> ExperimentConfig:
                 section = section | (
                     {"batches": tuple(batches)} if isinstance(batches, list) else {}
                 )
+            if key == "pbt" and isinstance(section, dict):
+                factors = section.get("perturbation_factors")
+                if isinstance(factors, list):
+                    section = section | {"perturbation_factors": tuple(factors)}
             if key == "space" and isinstance(section, dict):
                 section = {
                     k: tuple(v) if k in _LISTS and isinstance(v, list) else v

@@ -5,6 +5,11 @@
 - `nsga2`: Optuna's NSGA-II; its first generation (random) is `n_startup_trials` trials, so it
   evolves within a 10-20 trial search instead of drawing its default 50 at random.
 - `random`: every trial drawn at random; the honest baseline the others are measured against.
+- `pbt`: Ray Tune's PopulationBasedTraining with prune -> fine-tune stages as its intervals
+  (search/pbt.py): the population (num_trials, all running at once) is drawn at random with
+  space.max_stages stages each; at each stage boundary a trial in the bottom `pbt.quantile_fraction`
+  continues from a top trial's stage checkpoint with perturbed stage parameters
+  (trainables/lineage.py). It has no Optuna sampler (kind "pbt").
 
 The start-up count, unless the config sets `n_startup_trials`, is `default_startup(num_trials)`
 = max(2, min(10, num_trials // 4)): a 10-20 trial search is model-based after 2-5 trials
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from pruning.registry import Registry
-from pruning.validate import positive_int
+from pruning.validate import number_in, positive_int, require
 
 if TYPE_CHECKING:  # search.config imports STRATEGIES from here
     from search.config import ExperimentConfig
@@ -32,12 +37,15 @@ DEFAULT_STRATEGY = "tpe"
 
 @dataclass(frozen=True)
 class Strategy:
-    """One way to choose trials: `sampler(seed, n_startup)` builds Optuna's sampler; a strategy
-    with no random start-up phase (`random`) ignores n_startup and refuses a configured one."""
+    """One way to choose trials. kind "sampler": `sampler(seed, n_startup)` builds Optuna's
+    sampler for the searcher; kind "pbt": no searcher, a Ray Tune scheduler (search/pbt.py)
+    evolves a population. A strategy with no random start-up phase (`random`, `pbt`) refuses a
+    configured n_startup_trials."""
 
     summary: str
-    sampler: Callable[[int, int], optuna.samplers.BaseSampler]
+    sampler: Callable[[int, int], optuna.samplers.BaseSampler] | None = None
     startup: bool = True
+    kind: str = "sampler"  # "sampler" | "pbt"
 
 
 def _tpe(seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
@@ -60,8 +68,36 @@ STRATEGIES: Registry[Strategy] = Registry(
             lambda seed, _: optuna.samplers.RandomSampler(seed=seed),
             startup=False,
         ),
+        "pbt": Strategy(
+            "Population Based Training (Ray Tune): stages as intervals, exploit + explore",
+            startup=False,
+            kind="pbt",
+        ),
     },
 )
+
+
+@dataclass(frozen=True)
+class PbtConfig:
+    """The experiment's `pbt` section (read only with strategy: pbt). Defaults are Ray Tune's
+    own, except the resampling (a quarter of the perturbed values drawn anew from the space)."""
+
+    quantile_fraction: float = 0.25  # bottom/top share of the population at each boundary
+    perturbation_factors: tuple[float, float] = (0.8, 1.2)  # a stage share or lr times one
+    resample_probability: float = 0.25  # chance a perturbed value is drawn anew instead
+
+    def __post_init__(self) -> None:
+        number_in("pbt.quantile_fraction", self.quantile_fraction, 0.0, 0.5)
+        factors = self.perturbation_factors
+        require(
+            isinstance(factors, tuple)
+            and len(factors) == 2
+            and all(isinstance(f, (int, float)) and f > 0 for f in factors),
+            "pbt.perturbation_factors",
+            factors,
+            "two positive numbers, e.g. [0.8, 1.2]",
+        )
+        number_in("pbt.resample_probability", self.resample_probability, 0.0, 1.0, low_open=False)
 
 
 def default_startup(num_trials: int) -> int:
@@ -81,13 +117,29 @@ def startup_trials(config: ExperimentConfig) -> int | None:
 
 def make_sampler(config: ExperimentConfig) -> optuna.samplers.BaseSampler:
     strategy = STRATEGIES[config.strategy]
+    if strategy.sampler is None:
+        raise ValueError(
+            f"strategy={config.strategy!r} has no Optuna sampler (kind {strategy.kind})"
+        )
     return strategy.sampler(config.seed, startup_trials(config) or 0)
+
+
+def is_pbt(config: ExperimentConfig) -> bool:
+    return STRATEGIES[config.strategy].kind == "pbt"
 
 
 def describe(config: ExperimentConfig) -> str:
     """One line for --dry-run and the parent run: the strategy and its start-up count."""
     n = startup_trials(config)
     text = f"{config.strategy}: {STRATEGIES[config.strategy].summary}"
+    if is_pbt(config):
+        pbt = config.pbt
+        return (
+            f"{text}; a population of {config.num_trials} with {config.space.max_stages} stages "
+            f"each, bottom {pbt.quantile_fraction:g} exploit the top at every stage boundary, "
+            f"perturbed x{pbt.perturbation_factors[0]:g}/x{pbt.perturbation_factors[1]:g} "
+            f"(resampled with p={pbt.resample_probability:g})"
+        )
     if n is None:
         return text
     known = int(config.reference_trial) + len(config.points)
@@ -107,8 +159,64 @@ def check_strategy(config: ExperimentConfig) -> None:
     if not STRATEGIES[config.strategy].startup:
         with_startup = [s for s in STRATEGIES.names() if STRATEGIES[s].startup]
         raise ValueError(
-            f"n_startup_trials={n!r} is invalid with strategy={config.strategy!r}: it draws "
-            f"every trial at random; remove n_startup_trials or choose {' or '.join(with_startup)}"
+            f"n_startup_trials={n!r} is invalid with strategy={config.strategy!r}: it has no "
+            f"start-up phase; remove n_startup_trials or choose {' or '.join(with_startup)}"
+        )
+
+
+def check_pbt(config: ExperimentConfig) -> None:
+    """What PBT needs of the rest of the config (called once the whole config is built):
+    stage boundaries to exploit at, a population that runs at once (synchronous PBT compares
+    every trial at the same boundary: a trial waiting for a slot would stall the others), no
+    second scheduler, and only trials of space.max_stages stages."""
+    if not is_pbt(config):
+        return
+    require(
+        config.space.max_stages >= 2,
+        "space.max_stages",
+        config.space.max_stages,
+        "strategy pbt exploits at stage boundaries: it needs at least 2 stages",
+    )
+    require(
+        config.num_trials >= 2,
+        "num_trials",
+        config.num_trials,
+        "strategy pbt needs a population of at least 2 trials",
+    )
+    require(
+        config.max_concurrent == config.num_trials,
+        "max_concurrent",
+        config.max_concurrent,
+        f"strategy pbt runs its whole population at once (synchronous PBT compares all trials "
+        f"at each stage boundary): set max_concurrent to num_trials={config.num_trials}",
+    )
+    require(
+        not config.asha.enabled,
+        "asha.enabled",
+        config.asha.enabled,
+        "strategy pbt is itself the search's scheduler; ASHA cannot run beside it (set "
+        "asha.enabled: false)",
+    )
+    require(
+        not config.reference_trial,
+        "reference_trial",
+        config.reference_trial,
+        "strategy pbt runs every trial with space.max_stages stages, and the reference recipe "
+        "is one stage: set reference_trial: false",
+    )
+    require(
+        config.target is None,
+        "target.latency_speedup",
+        getattr(config.target, "latency_speedup", None),
+        "strategy pbt continues lineages on MACs speed-ups: give target_speedup instead",
+    )
+    for i, point in enumerate(config.points):
+        stages = point.get("n_stages") if isinstance(point, dict) else None
+        require(
+            stages == config.space.max_stages,
+            f"points[{i}].n_stages",
+            stages,
+            f"strategy pbt runs every trial with space.max_stages={config.space.max_stages} stages",
         )
 
 

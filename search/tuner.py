@@ -21,6 +21,7 @@ from ray.tune.schedulers import ASHAScheduler
 from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
 from pruning.run_info import ModelInfo, file_sha256
+from search import pbt
 from search.accounting import Spent, log_spent, previous_wall, spent
 from search.callbacks import AnytimeCurve, TrialProgress
 from search.cluster import check_resources, init_ray
@@ -28,7 +29,7 @@ from search.config import ExperimentConfig, config_to_dict
 from search.lock import search_lock
 from search.progress import say
 from search.space import describe_space, is_reference, make_searcher, param_space
-from search.strategies import migrate
+from search.strategies import is_pbt, migrate
 from trainables import tracking
 from trainables.trial import ASHA_TIME, TrialContext, run_trial
 
@@ -201,12 +202,31 @@ def _trainable(config: ExperimentConfig, context: TrialContext, baseline: dict[s
 
 
 def _tuner(
-    config: ExperimentConfig, trainable: Any, resume: bool, context: TrialContext
+    config: ExperimentConfig, trainable: Any, resume: bool, curve: AnytimeCurve
 ) -> tune.Tuner:
     path = config.storage / config.name
     if resume and tune.Tuner.can_restore(str(path)):
         say(f"resuming the search in {path}")
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=pbt.population_space(config) if is_pbt(config) else param_space(config.space),
+        tune_config=pbt.tune_config(config) if is_pbt(config) else _tune_config(config),
+        run_config=tune.RunConfig(
+            name=config.name,
+            storage_path=str(config.storage),
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            # PBT restores a bottom trial from a top trial's stage checkpoint after the top
+            # trial may have saved its next one: keep them all
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if is_pbt(config) else 1),
+            callbacks=[TrialProgress(config.num_trials, config.cost_objective), curve],
+            verbose=0,
+        ),
+    )
+
+
+def _tune_config(config: ExperimentConfig) -> tune.TuneConfig:
+    """An Optuna strategy's: its searcher, and ASHA when enabled."""
     scheduler = None
     if config.asha.enabled:
         scheduler = ASHAScheduler(
@@ -217,27 +237,10 @@ def _tuner(
             grace_period=config.asha.grace_epochs,
             reduction_factor=config.asha.reduction_factor,
         )
-    return tune.Tuner(
-        trainable,
-        param_space=param_space(config.space),
-        tune_config=tune.TuneConfig(
-            search_alg=make_searcher(config, f"sqlite:///{config.out_dir / 'optuna.db'}"),
-            scheduler=scheduler,
-            num_samples=config.num_trials,
-        ),
-        run_config=tune.RunConfig(
-            name=config.name,
-            storage_path=str(config.storage),
-            failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[
-                TrialProgress(config.num_trials, config.cost_objective),
-                AnytimeCurve(
-                    config.tracking_uri, context.parent_run_id, config.cost_objective.metric
-                ),
-            ],
-            verbose=0,
-        ),
+    return tune.TuneConfig(
+        search_alg=make_searcher(config, f"sqlite:///{config.out_dir / 'optuna.db'}"),
+        scheduler=scheduler,
+        num_samples=config.num_trials,
     )
 
 
@@ -298,8 +301,10 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         cost=config.cost,
         latency=config.latency,
         model_flavours=config.mlflow.model_flavours,
+        pbt=is_pbt(config),
     )
-    tuner = _tuner(config, _trainable(config, context, baseline), resume, context)
+    curve = AnytimeCurve(config.tracking_uri, parent, config.cost_objective.metric)
+    tuner = _tuner(config, _trainable(config, context, baseline), resume, curve)
     wall_before, started = previous_wall(config.tracking_uri, parent), time.monotonic()
     grid = tuner.fit()
     wall_s = wall_before + time.monotonic() - started
@@ -313,7 +318,9 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
         }
         for r in grid
     ]
-    total = spent((r["metrics"] for r in results), config.cost_objective.metric)
+    # The curve saw every attempt's reports (a PBT trial restarted from a donor's checkpoint
+    # is a new attempt); a restored Tuner runs its own unpickled copy, so then the grid's.
+    total = curve.last or spent((r["metrics"] for r in results), config.cost_objective.metric)
     try:
         log_spent(config.tracking_uri, parent, total, wall_s)
     except RuntimeError as err:

@@ -22,7 +22,7 @@ def _sampler(config, tmp_path: Path) -> optuna.samplers.BaseSampler:
 
 
 def test_unknown_strategy_suggests_the_closest() -> None:
-    assert STRATEGIES.names() == ("tpe", "nsga2", "random")
+    assert STRATEGIES.names() == ("tpe", "nsga2", "random", "pbt")
     with pytest.raises(ValueError, match="strategy='nsga' is invalid: did you mean 'nsga2'"):
         config_from_dict(BASE | {"strategy": "nsga"})
 

@@ -191,6 +191,7 @@ def _new_attempt(
     trial_id: str,
     name: str,
     resumed_from_stage: int,
+    history_of: str | None = None,
 ) -> str:
     c = client(uri)
     earlier = _retry(
@@ -206,8 +207,15 @@ def _new_attempt(
     )
     if earlier:
         _close_dead_attempts(uri, earlier, run_id)
-        if resumed_from_stage:
-            _copy_history(uri, earlier[-1].info.run_id, run_id, resumed_from_stage)
+    # the restored stages' curves: from the donor's latest run after a PBT exploit
+    source = earlier
+    if history_of:
+        source = _retry(
+            lambda: _attempts(uri, experiment_id, parent_id, history_of),
+            "looking up the donor's runs",
+        )
+    if source and resumed_from_stage:
+        _copy_history(uri, source[-1].info.run_id, run_id, resumed_from_stage)
     return run_id
 
 
@@ -295,6 +303,7 @@ def trial_run(
     name: str,
     tags: dict[str, str],
     resumed_from_stage: int = 0,
+    history_of: str | None = None,
 ) -> Iterator[TrialRun]:
     """The child run of one attempt of a trial. A retried trial gets a new run tagged with the
     attempt number and `retry_of`; the attempt before it is closed (FAILED when it died) and
@@ -306,7 +315,7 @@ def trial_run(
     handle = TrialRun(uri, None)
     try:
         handle.run_id = _new_attempt(
-            uri, experiment_id, parent_id, trial_id, name, resumed_from_stage
+            uri, experiment_id, parent_id, trial_id, name, resumed_from_stage, history_of
         )
     except RuntimeError as err:
         handle.lost = str(err)

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import tempfile
+import uuid
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,14 @@ from pruning.run_info import ModelInfo, RunInfo, model_from_state
 from pruning.runner import RunState, StageResult, run_schedule
 from pruning.schedule import Schedule, Training
 from trainables import mlflow_models, tracking
+from trainables.lineage import (
+    ATTEMPT,
+    COST_RESTORED,
+    Lineage,
+    continue_schedule,
+    load_lineage,
+    save_lineage,
+)
 from trainables.point import TrialPoint, flat_params
 
 
@@ -56,6 +65,9 @@ class TrialContext:
     # target.latency_speedup: the last stage lands on a measured latency speed-up (None: the
     # MACs target_speedup)
     latency_target: LatencyTarget | None = None
+    # strategy pbt: the trial keeps its lineage in each checkpoint, continues a donor's with
+    # continue_schedule, and reports PBT_TIME (trainables/lineage.py)
+    pbt: bool = False
 
 
 def _device_and_threads() -> tuple[torch.device, int]:
@@ -67,20 +79,44 @@ def _device_and_threads() -> tuple[torch.device, int]:
     return torch.device("cpu"), threads
 
 
-def _save_checkpoint(folder: Path, model: torch.nn.Module, state: RunState) -> None:
+def _save_checkpoint(
+    folder: Path, model: torch.nn.Module, state: RunState, lineage: Lineage | None = None
+) -> None:
     # structure + weights (pruning.models.save_pruned): any architecture reloads without pickles
     save_pruned(folder / "pruned.pt", model, model.prunetune_spec)
     (folder / "state.json").write_text(json.dumps(asdict(state)))
+    if lineage is not None:
+        save_lineage(folder, lineage)
 
 
-def _restore() -> tuple[torch.nn.Module, RunState] | None:
+def _restore() -> tuple[torch.nn.Module, RunState, Lineage | None] | None:
+    """The checkpoint Tune gives this run: the trial's own (a retry, a paused trial resumed),
+    or under PBT a donor's stage checkpoint after an exploit."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
         model = load_pruned(Path(folder) / "pruned.pt")
         state = RunState(**json.loads((Path(folder) / "state.json").read_text()))
-    return model, state
+        lineage = load_lineage(Path(folder))
+    return model, state, lineage
+
+
+def _lineage(
+    context: TrialContext, point: TrialPoint, planned: Schedule, restored: Any
+) -> Lineage | None:
+    """A PBT trial's lineage (None for other strategies): a new one from its own plan, its own
+    checkpoint's as it was, or a donor's continued with this trial's (perturbed) point."""
+    if not context.pbt:
+        return None
+    me = tune.get_context().get_trial_id()
+    if restored is None or restored[2] is None:
+        return Lineage(me, planned)
+    _, state, lineage = restored
+    if lineage.owner == me:
+        return lineage
+    continued = continue_schedule(point, lineage.schedule, state.done)
+    return Lineage(lineage.owner, continued, lineage.exploits).exploited(me, state.done)
 
 
 def run_trial(
@@ -94,7 +130,15 @@ def run_trial(
     torch.set_num_threads(threads)
     restored = _restore()
     state = restored[1] if restored else RunState()
-    with _trial_run(context, schedule, device, threads, state) as run:
+    # compute the restored prefix already counted where it ran (search.accounting)
+    cost_restored = float(getattr(state, COSTS[context.cost].metric))
+    lineage = _lineage(context, point, schedule, restored)
+    schedule = lineage.schedule if lineage else schedule
+    donor = restored[2].owner if restored and restored[2] and lineage else None
+    history_of = donor if lineage and donor != lineage.owner else None  # just exploited
+    with _trial_run(context, schedule, device, threads, state, history_of) as run:
+        if lineage is not None:
+            run.set_tags(lineage.tags())
         data = load_dataset(context.data, device)
         # The registry's model holding the baseline (its classes: the data's, unless the config
         # names them); `ran` is what it is, for the bundle's run section.
@@ -109,7 +153,15 @@ def run_trial(
         # the logged model's input example and normalisation
         inputs = mlflow_models.model_inputs(data) if context.model_flavours else None
         on_stage = _StageReporter(
-            context, schedule, run, threads, ran, len(data.train.labels), inputs
+            context,
+            schedule,
+            run,
+            threads,
+            ran,
+            len(data.train.labels),
+            inputs,
+            lineage,
+            {COST_RESTORED: cost_restored, ATTEMPT: uuid.uuid4().hex},
         )
         try:
             run_schedule(
@@ -178,8 +230,11 @@ def _trial_run(
     device: torch.device,
     threads: int,
     state: RunState,
+    history_of: str | None = None,
 ) -> AbstractContextManager[tracking.TrialRun]:
-    """This trial's MLflow run (a child of the search's), tagged with where it runs."""
+    """This trial's MLflow run (a child of the search's), tagged with where it runs; its
+    restored stages' metric history comes from trial `history_of`'s latest run (the donor of a
+    PBT exploit), else from this trial's previous attempt."""
     trial = tune.get_context()
     tags = {
         "arch": context.model.arch,
@@ -201,10 +256,14 @@ def _trial_run(
         trial.get_trial_name(),
         tags,
         resumed_from_stage=state.done,
+        history_of=history_of,
     )
 
 
 ASHA_TIME = "asha_time"  # ASHA's time attribute: the chosen cost, in epochs
+# PBT's time attribute: the stage just finished, reported by every stage but the last, so PBT
+# compares trials at each boundary and never restarts a trial that has finished its schedule.
+PBT_TIME = "pbt_stage"
 
 
 def asha_time(cost: str, metrics: dict[str, float], state: RunState, train_images: int) -> float:
@@ -227,6 +286,8 @@ class _StageReporter:
     model: ModelInfo  # what ran, for the final bundle's run section
     train_images: int  # the training split's size: one epoch of ASHA's time
     model_inputs: CheckInputs | None = None  # None: no MLflow model is logged
+    lineage: Lineage | None = None  # a PBT trial's, saved with each checkpoint
+    accounting: dict[str, Any] = field(default_factory=dict)  # COST_RESTORED, ATTEMPT
 
     def __call__(self, result: StageResult, pruned: torch.nn.Module, state: RunState) -> None:
         # "cost" is what Optuna minimises and ASHA's time: the chosen objective's metric
@@ -236,14 +297,16 @@ class _StageReporter:
         self.run.log_metrics(metrics, step=result.stage)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            _save_checkpoint(folder, pruned, state)
+            _save_checkpoint(folder, pruned, state, self.lineage)
             if result.completed:
                 self._finish(result, folder)
             # 1.0 when MLflow has this stage; 0.0 tells the driver the result lives only in
             # Ray's storage until `prunetune pareto` copies it over.
             logged = {"mlflow_logged": float(self.run.lost is None)}
+            if self.lineage is not None and not result.completed:
+                logged[PBT_TIME] = float(result.stage)
             tune.report(
-                metrics | logged | {"parent": self.context.parent_run_id},
+                metrics | logged | self.accounting | {"parent": self.context.parent_run_id},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
