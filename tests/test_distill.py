@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from ray.tune.search.optuna import OptunaSearch
+from support.draws import demo_draws
 
 from pruning import schedule as schedule_io
 from pruning.data import BatchLoader, DataSpec, load_dataset
@@ -21,9 +21,8 @@ from pruning.run_info import ModelInfo, RunInfo
 from pruning.runner import RunState, run_schedule
 from pruning.schedule import Distill, Schedule, Stage, Training
 from pruning.train import NonFiniteLossError, distillation_loss, fit
-from search.config import SpaceConfig, config_from_dict, load_config
-from search.space import describe_space, known_points, param_space
-from search.strategies import make_sampler
+from search.config import SpaceConfig, config_from_dict
+from search.space import describe_space, known_points
 from trainables.point import TrialPoint, flat_params, point_from_user, reference_point
 
 CPU = torch.device("cpu")
@@ -307,25 +306,9 @@ def test_dry_run_shows_the_distillation_dimensions(capsys) -> None:
     assert shown["distill_temperature"].startswith("one of [4.0]")
 
 
-def test_a_space_without_distillation_draws_the_demos_points(tmp_path: Path) -> None:
+def test_a_space_without_distillation_draws_the_demos_points() -> None:
     """One choice each (the default): Optuna samples nothing for them, so the demo's searches
     draw exactly the points they drew before the dimensions existed."""
-    config = load_config(Path(__file__).parents[1] / "experiments" / "demo_search.yaml")
-    with_kd = param_space(config.space)
-    without = {k: v for k, v in with_kd.items() if not k.startswith("distill")}
-    assert len(without) == len(with_kd) - 2
-    draws = []
-    for space in (with_kd, without):
-        searcher = OptunaSearch(
-            space=space,
-            metric=["val_acc", "cost"],
-            mode=["max", "min"],
-            sampler=make_sampler(config),
-        )
-        points = []
-        for i in range(14):  # past TPE's random start-up trials
-            point = searcher.suggest(str(i))
-            searcher.on_trial_complete(str(i), {"val_acc": point["lr_0"], "cost": i % 3})
-            points.append({k: v for k, v in point.items() if not k.startswith("distill")})
-        draws.append(points)
-    assert draws[0] == draws[1]
+    dropped, with_kd, without = demo_draws(lambda key: key.startswith("distill"))
+    assert dropped == 2
+    assert with_kd == without

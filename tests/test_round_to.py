@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from ray.tune.search.optuna import OptunaSearch
+from support.draws import demo_draws
 from support.tiny import tiny_data, tiny_vgg
 
 from pruning import schedule as schedule_io
@@ -25,9 +25,8 @@ from pruning.prune import (
 from pruning.runner import run_schedule
 from pruning.schedule import Schedule, Stage, Training
 from search.cli import main
-from search.config import SpaceConfig, config_from_dict, load_config
-from search.space import describe_space, param_space
-from search.strategies import make_sampler
+from search.config import SpaceConfig, config_from_dict
+from search.space import describe_space
 from trainables.point import TrialPoint, flat_params, point_from_user, reference_point
 
 X = torch.zeros(1, 3, 32, 32)
@@ -283,22 +282,6 @@ def test_prune_command_takes_round_to(capsys) -> None:
 def test_a_space_with_one_round_to_draws_what_it_drew_without_the_dimension() -> None:
     """round_tos [1] (the default): Optuna samples nothing for it, so the demo's searches draw
     exactly the points they drew before round_to existed."""
-    config = load_config(Path(__file__).parents[1] / "experiments" / "demo_search.yaml")
-    with_it = param_space(config.space)
-    without = {k: v for k, v in with_it.items() if k != "round_to"}
-    assert len(without) == len(with_it) - 1
-    draws = []
-    for space in (with_it, without):
-        searcher = OptunaSearch(
-            space=space,
-            metric=["val_acc", "cost"],
-            mode=["max", "min"],
-            sampler=make_sampler(config),
-        )
-        points = []
-        for i in range(14):  # past TPE's random start-up trials
-            point = searcher.suggest(str(i))
-            searcher.on_trial_complete(str(i), {"val_acc": point["lr_0"], "cost": i % 3})
-            points.append({k: v for k, v in point.items() if k != "round_to"})
-        draws.append(points)
-    assert draws[0] == draws[1]
+    dropped, with_it, without = demo_draws(lambda key: key == "round_to")
+    assert dropped == 1
+    assert with_it == without
