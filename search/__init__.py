@@ -7,6 +7,8 @@
 - objectives.py: what a search ranks by (val_acc, cost, latency: one registry).
 - space.py: the Tune search space, the samplers and the Optuna searcher.
 - tuner.py: running a search: baseline, parent MLflow run, Ray Tune, the end of the search.
+- pbt.py: strategy pbt: Ray Tune's PopulationBasedTraining over stages (scheduler, mutations,
+  the initial population).
 - cluster.py: the Ray cluster a search runs on, and the resource check before any trial.
 - lock.py: one search per out folder.
 - callbacks.py, progress.py: progress lines and bars in the driver.
