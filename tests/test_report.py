@@ -162,3 +162,21 @@ def test_report_shows_what_mattered_and_the_search_compute(png: bytes) -> None:
     assert "search compute: 12.5 TMACs over all trials" in page and "2m05s of wall time" in page
     older = build_html(data(png))  # a search from before either was logged
     assert "Not computed for this search" in older
+
+
+@pytest.mark.parametrize(
+    ("logged", "same_unit", "expected"),
+    [
+        (5.0, True, 5.0),  # the accounting's total: a PBT donor's prefix counted once
+        (5.0, False, 3.0),  # a report in another unit than the search's: the trials' own
+        (None, True, 3.0),  # a search from before the accounting
+    ],
+)
+def test_the_reports_search_compute_is_the_accountings_in_the_searchs_unit(
+    logged: float | None, same_unit: bool, expected: float
+) -> None:
+    from search.report.data import _spent
+
+    rows = [row(1, 0.5, 1.0), row(2, 0.6, 2.0)]
+    parent = {} if logged is None else {"search_cost": logged}
+    assert _spent(parent, rows, same_unit) == pytest.approx(expected)

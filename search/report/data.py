@@ -264,7 +264,8 @@ def read_report_data(
     """Everything the report shows, for the latest search (or `parent_id`'s), costed by `cost`
     (default: the objective that search chose); the plots are written to `plots_dir` as well."""
     parent_id = parent_id or tracking.latest_parent(uri, experiment)
-    cost = cost or search_cost(uri, parent_id)
+    searched_by = search_cost(uri, parent_id)
+    cost = cost or searched_by
     objectives = tuple(objectives or search_objectives(uri, parent_id))
     rows = load_rows(uri, experiment, parent_id, cost)
     on_front = front(rows, objectives)
@@ -295,9 +296,17 @@ def read_report_data(
         cost=cost,
         objectives=objectives,
         what_mattered=tuple(mattered.lines()) if mattered else (),
-        search_cost=per_trial_cost(rows),
+        search_cost=_spent(parent_metrics, rows, same_unit=cost == searched_by),
         wall_s=parent_metrics.get(accounting.WALL),
     )
+
+
+def _spent(parent_metrics: dict[str, float], rows: Sequence[TrialRow], same_unit: bool) -> float:
+    """The search's compute: what its accounting logged on the parent run (exact also for PBT,
+    where an exploiter's copied prefix counts once, at its donor), else (older searches, or a
+    report in another cost unit than the search's) the trials' own costs summed."""
+    logged = parent_metrics.get(accounting.SEARCH_COST)
+    return logged if same_unit and logged is not None else per_trial_cost(rows)
 
 
 def model_text(config_yaml: str) -> str:
