@@ -73,6 +73,7 @@ def pbt_trial_units(target: float, stages: int) -> float:
 class Bench:
     def __init__(self, c: dict[str, Any], out: Path, data_out: Path, images: Path) -> None:
         self.c, self.out = c, out
+        self.smoke = False  # main sets it for --smoke (the report says so)
         # The ablation's data tree (the study's holdout); its baseline path when smoke-pretrained.
         self.ablation = Ablation(c, data_out, images)
         self.baseline = self.ablation.baseline
@@ -283,6 +284,7 @@ def main() -> None:
         c = smoke_config(c)
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(c, out, data_out, images.expanduser().resolve())
+    bench.smoke = args.smoke
     if not args.smoke:
         bench.baseline = args.baseline.resolve()
     if args.step == "run":

@@ -253,9 +253,15 @@ def section(bench: Any, searches: list[Search], missing: list[str], kept: list[s
     unit = searches[0].unit if searches else float("nan")
     skipped = [s for s in c["strategies"] if s not in bench.strategies()]
     commands = "\n".join(f"    {cmd}" for cmd in list(bench.commands.values())[:4])
+    smoke = (
+        "\n**Smoke run** (`--smoke`: generated JPEGs, a 1-epoch baseline): proves the script "
+        "runs; its numbers are not results.\n"
+        if bench.smoke
+        else ""
+    )
     return f"""{BEGIN}
 ## Search strategies at equal compute (`search_strategies.py`)
-
+{smoke}
     python experiments/bench/search_strategies.py run      # about an hour here
     python experiments/bench/search_strategies.py report   # this section
 
