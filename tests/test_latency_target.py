@@ -281,10 +281,17 @@ def test_config_takes_a_latency_target_and_writes_it_back() -> None:
     assert config_from_dict(written).target == config.target
 
 
-def test_a_trial_splits_its_stages_from_the_first_guess_and_keeps_it(vgg: nn.Module) -> None:
-    """The trial's first MACs guess: a copy of the unpruned model landed on S with the real
-    clock; the point's stages split from it; a resumed trial reads it from its state."""
+def test_a_trial_splits_its_stages_from_the_first_guess_and_keeps_it(
+    vgg: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial's first MACs guess: a copy of the unpruned model landed on S (timed by the fake
+    clock: a tiny model timed for real on a loaded machine measures noise, not its widths); the
+    point's stages split from it; a resumed trial reads it from its state."""
     import dataclasses
+
+    monkeypatch.setattr(
+        "pruning.latency_target.measure", lambda model, *args, **kwargs: FakeTimer()(model)
+    )
 
     from support.tiny import tiny_data
 
