@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from support.experiment import tiny_experiment
 
 import search.tuner
+from search.accounting import Spent
 from search.cli import main
 from search.cluster import WAIT_ENV, check_resources
 from search.config import config_from_dict, config_to_dict, load_config
@@ -131,7 +132,8 @@ def _failed_search(config) -> SearchOutcome:
             raise ValueError("the floor caps the speed-up at 2.1x, below 3x")
     error = "Traceback ...\nValueError: the floor caps the speed-up at 2.1x, below 3x"
     results = [{"trial_id": t, "error": error, "reference": False} for t in ("t1", "t2")]
-    return SearchOutcome(parent, experiment, results)
+    nothing = Spent(cost=0.0, best_val_acc=None, trials=2)  # both failed before a report
+    return SearchOutcome(parent, experiment, results, nothing, wall_s=1.0)
 
 
 def test_a_search_whose_every_trial_failed_exits_non_zero_and_pareto_lists_the_errors(

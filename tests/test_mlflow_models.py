@@ -206,3 +206,16 @@ def test_a_model_that_cannot_be_saved_is_a_tag_not_a_failed_trial(
     assert got.info.status == "FINISHED" and run.lost is None
     assert "saving the pytorch flavour failed" in got.data.tags[mlflow_models.MODEL_ERROR_TAG]
     assert mlflow_models.MODEL_TAG not in got.data.tags
+
+
+def test_registering_leaves_the_tracking_uri_to_the_environment(monkeypatch, tmp_path) -> None:
+    """The URI MLflow resolves models:/ with is set only while registering: a process whose
+    MLFLOW_TRACKING_URI changes afterwards (a later search, a later test) follows the variable."""
+    import mlflow
+
+    first, second = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first)
+    with mlflow_models._tracking_uri("http://127.0.0.1:9"):
+        assert mlflow.get_tracking_uri() == "http://127.0.0.1:9"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", second)
+    assert mlflow.get_tracking_uri() == second

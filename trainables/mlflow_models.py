@@ -24,6 +24,7 @@ carry FORMAT_TAG and the same SIGNATURE_TAG, or registering is refused (Incompat
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -367,7 +368,11 @@ def _client(uri: str) -> mlflow.MlflowClient:
 
 @contextmanager
 def _tracking_uri(uri: str) -> Iterator[None]:
-    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    # What to restore: None (unset) when the URI came only from MLFLOW_TRACKING_URI, which
+    # is_tracking_uri_set() also counts; restoring that value would pin it for the process
+    # after the variable changes (a later models:/ load then asks the wrong store).
+    current = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    before = None if current == os.environ.get("MLFLOW_TRACKING_URI") else current
     mlflow.set_tracking_uri(uri)
     try:
         yield
