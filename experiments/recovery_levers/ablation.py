@@ -37,6 +37,7 @@ ARMS = {
     "cosine": "recipe with cosine LR at the lr chosen on val",
     "kd": "recipe + distillation from the baseline (alpha 0.7, T 4)",
     "two_stage": "2 stages (2.97x then 8.84x) with a 10% floor, cosine at the chosen lr",
+    "two_stage_kd": "the 2 stages with the floor, distilled (only where one epoch each fits)",
 }
 
 
@@ -70,8 +71,9 @@ class Ablation:
         self.study.sh("pretrain", ["pretrain", str(path)])
 
     # --- schedules -------------------------------------------------------------------------
-    def schedule(self, arm: str, budget: int, lr: float) -> Schedule:
-        """The arm's schedule at `budget` plain one-shot epochs of compute."""
+    def schedule(self, arm: str, budget: int, lr: float) -> Schedule | None:
+        """The arm's schedule at `budget` plain one-shot epochs of compute; None where the arm
+        cannot fit in it (a whole epoch per stage costs more)."""
         target, c = self.c["target_speedup"], self.c
         no_floor = {"min_channels": 1, "min_channel_ratio": 0.0}
         if arm == "recipe":
@@ -82,14 +84,25 @@ class Ablation:
             # A distilled epoch pays the teacher's forward pass: ~3.95 plain epochs here.
             stage = Stage(target, max(1, budget // 4), c["recipe_lr"], "step")
             return Schedule(target, (stage,), **no_floor, distill=Distill(**c["distill"]))
-        assert arm == "two_stage", arm
-        s1 = c["two_stage"]["first_speedup"]
-        # An epoch at s1 costs target/s1 plain epochs at the target (MACs per image).
+        return self._two_stage(budget, lr, distill=arm == "two_stage_kd")
+
+    def _two_stage(self, budget: int, lr: float, distill: bool) -> Schedule | None:
+        target, s1 = self.c["target_speedup"], self.c["two_stage"]["first_speedup"]
+
+        def epoch_cost(s: float) -> float:
+            """One epoch at speed-up s in plain epochs at the target: the student's
+            forward+backward (3 MACs per MAC of the model) plus the teacher's forward."""
+            return (3 / s + (1 if distill else 0)) / (3 / target)
+
         e1 = max(1, budget // 8)
-        e2 = max(1, round(budget - e1 * target / s1))
+        rest = budget - e1 * epoch_cost(s1)
+        if rest < 0.75 * epoch_cost(target):
+            return None  # the last stage's one epoch would overshoot the budget by > 25%
+        e2 = max(1, round(rest / epoch_cost(target)))
         stages = (Stage(s1, e1, lr, "cosine"), Stage(target, e2, lr, "cosine"))
-        floor = c["two_stage"]["min_channel_ratio"]
-        return Schedule(target, stages, min_channel_ratio=floor, training=Training())
+        floor = self.c["two_stage"]["min_channel_ratio"]
+        kd = Distill(**self.c["distill"]) if distill else None
+        return Schedule(target, stages, min_channel_ratio=floor, training=Training(), distill=kd)
 
     def write(self, name: str, schedule: Schedule) -> Path:
         run = RunInfo(
@@ -136,10 +149,11 @@ class Ablation:
         self.pretrain()
         lr = self.chosen_lr()
         jobs = [
-            (f"{arm}/b{budget}", self.schedule(arm, budget, lr), seed)
+            (f"{arm}/b{budget}", schedule, seed)
             for budget in self.c["budgets"]
             for seed in self.c["seeds"]
             for arm in ARMS
+            if (schedule := self.schedule(arm, budget, lr)) is not None
         ]
         with ThreadPoolExecutor(self.c["parallel"]) as pool:
             for job in [pool.submit(self.replay, *j) for j in jobs]:

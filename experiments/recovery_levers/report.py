@@ -58,6 +58,8 @@ def collect(ab: Any) -> tuple[list[Cell], list[str]]:
     cells, missing = [], []
     for budget in ab.c["budgets"]:
         for arm in ARMS:
+            if ab.schedule(arm, budget, lr=0.01) is None:
+                continue  # the arm does not fit in this budget (the report says where it ran)
             runs = [ab.out / "runs" / arm / f"b{budget}" / f"seed{s}" for s in ab.c["seeds"]]
             found = [_finished(r) for r in runs]
             if not all(found):
