@@ -8,6 +8,7 @@ cannot trace fails the trial. (The sqlite store, through a real search and `prun
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,5 +218,7 @@ def test_registering_leaves_the_tracking_uri_to_the_environment(monkeypatch, tmp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", first)
     with mlflow_models._tracking_uri("http://127.0.0.1:9"):
         assert mlflow.get_tracking_uri() == "http://127.0.0.1:9"
+    assert os.environ["MLFLOW_TRACKING_URI"] == first  # kept (set_tracking_uri rewrites it)
+    assert mlflow.get_tracking_uri() == first
     monkeypatch.setenv("MLFLOW_TRACKING_URI", second)
     assert mlflow.get_tracking_uri() == second

@@ -143,6 +143,9 @@ def _no_extra() -> None:
     pass
 
 
+ENV_URI = "MLFLOW_TRACKING_URI"  # what mlflow.set_tracking_uri also writes (see _tracking_uri)
+
+
 @dataclass(frozen=True)
 class Flavour:
     """An MLflow model flavour a trial logs its model in: the LoggedModel's name, the run tag
@@ -368,16 +371,23 @@ def _client(uri: str) -> mlflow.MlflowClient:
 
 @contextmanager
 def _tracking_uri(uri: str) -> Iterator[None]:
-    # What to restore: None (unset) when the URI came only from MLFLOW_TRACKING_URI, which
-    # is_tracking_uri_set() also counts; restoring that value would pin it for the process
-    # after the variable changes (a later models:/ load then asks the wrong store).
+    """MLflow's global tracking URI set to `uri` inside, and after it both the global and the
+    MLFLOW_TRACKING_URI variable as they were. mlflow.set_tracking_uri also writes (or, given
+    None, deletes) that variable, and is_tracking_uri_set() counts the variable too, so each is
+    put back on its own: a URI that came from the variable is not pinned as the global, and the
+    variable is not lost."""
+    env = os.environ.get(ENV_URI)
     current = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    before = None if current == os.environ.get("MLFLOW_TRACKING_URI") else current
+    before = None if current == env else current  # None: the global was not set
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None: unset again
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]
+        if env is None:
+            os.environ.pop(ENV_URI, None)
+        else:
+            os.environ[ENV_URI] = env
 
 
 def _exists(client: mlflow.MlflowClient, name: str) -> bool:
