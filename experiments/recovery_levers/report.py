@@ -170,6 +170,8 @@ def keep_baseline(ab: Any, results: Path) -> dict[str, Any]:
     """The baseline's state dict and metrics, committed beside RESULTS.md (no machine paths)."""
     metrics = json.loads((ab.baseline.parent / "metrics.json").read_text())
     metrics.pop("checkpoint", None)
+    # the data line names the folder it read: keep it relative to the repository
+    metrics["data"] = metrics["data"].replace(str(ab.study.data_root), "runs/recovery/data")
     metrics["config"]["out"] = "experiments/recovery_levers/baseline"
     metrics["config"]["data"]["root"] = "runs/recovery/data"
     keep = results / "baseline"
