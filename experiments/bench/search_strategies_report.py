@@ -19,12 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from experiments.recovery_levers.report import TestSet
 from pruning import schedule as schedule_io
-from pruning.data import DataSpec, load_dataset
-from pruning.models import load_pruned
-from pruning.train import evaluate
 from search.accounting import BEST_SO_FAR, SEARCH_COST, STEPS_PER_UNIT, WALL
 from search.config import load_config
 from search.report.plots import pyplot, save
@@ -74,27 +70,8 @@ def curve_of(uri: str, parent: str) -> tuple[Curve, float, float]:
     return curve, spent, wall
 
 
-class _TestSet:
-    """The held-out test split, loaded once, on first use."""
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec, self.data = spec, None
-
-    def accuracy(self, run: Path) -> float:
-        cached = run / "test.json"
-        if not cached.exists():
-            self.data = self.data or load_dataset(DataSpec(**self.spec), "cpu")
-            assert self.data.test is not None, "the data tree has no held-out test split"
-            d = self.data
-            acc, _ = evaluate(
-                load_pruned(run / "pruned.pt"), d.test, d.mean, d.std, torch.device("cpu")
-            )
-            cached.write_text(json.dumps({"test_acc": acc}) + "\n")
-        return json.loads(cached.read_text())["test_acc"]
-
-
 def collect(bench: Any) -> tuple[list[Search], list[str]]:
-    tests = _TestSet(bench.ablation.data())
+    tests = TestSet(bench.ablation.data())
     found, missing = [], []
     for strategy in bench.strategies():
         for seed in bench.c["search_seeds"]:

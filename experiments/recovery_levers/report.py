@@ -26,8 +26,9 @@ PACKAGES = ("torch", "torchvision", "torch-pruning", "numpy")
 Cell = dict[str, Any]  # one arm at one budget: per-seed lists of the measured values
 
 
-class _TestSet:
-    """The held-out test split, loaded on first use only."""
+class TestSet:
+    """The held-out test split, loaded on first use only; a run's accuracy on it is cached in
+    the run's test.json (the strategies benchmark uses it too)."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec, self.data = spec, None
@@ -54,7 +55,7 @@ def collect(ab: Any) -> tuple[list[Cell], list[str]]:
     """The finished cells (every seed done) and the names of the unfinished ones."""
     from experiments.recovery_levers.ablation import ARMS
 
-    tests = _TestSet(ab.data())
+    tests = TestSet(ab.data())
     cells, missing = [], []
     for budget in ab.c["budgets"]:
         for arm in ARMS:
