@@ -256,16 +256,7 @@ def _schedule_prune(schedule: Schedule, example: torch.Tensor) -> Prune:
     """An unpruned model's prune to a MACs speed-up with the schedule's settings."""
 
     def prune(model: nn.Module, speedup: float) -> PruneReport:
-        return prune_to_speedup(
-            model,
-            example,
-            speedup,
-            importance=schedule.importance,
-            ranking=schedule.ranking,
-            min_channels=schedule.min_channels,
-            min_channel_ratio=schedule.min_channel_ratio,
-            round_to=schedule.round_to,
-        )
+        return prune_to_speedup(model, example, speedup, **schedule.prune_options())
 
     return prune
 

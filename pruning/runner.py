@@ -159,12 +159,8 @@ def _prune(
         example.cpu(),
         speedup,
         base_macs=state.base_macs,
-        importance=schedule.importance,
-        ranking=schedule.ranking,
-        min_channels=schedule.min_channels,
-        min_channel_ratio=schedule.min_channel_ratio,
-        round_to=schedule.round_to,
         original_widths=state.original_widths,
+        **schedule.prune_options(),
     )
     state.base_macs, state.original_widths = report.base_macs, report.original_widths
     return report

@@ -214,6 +214,16 @@ class Schedule:
         sparse = self.sparse.epochs if self.sparse else 0
         return sparse + sum(s.epochs for s in self.stages)
 
+    def prune_options(self) -> dict[str, Any]:
+        """How every stage of this schedule prunes: prune_to_speedup's keyword arguments."""
+        return {
+            "importance": self.importance,
+            "ranking": self.ranking,
+            "min_channels": self.min_channels,
+            "min_channel_ratio": self.min_channel_ratio,
+            "round_to": self.round_to,
+        }
+
     def summary(self) -> str:
         steps = " -> ".join(f"{s.speedup:.3g}x/{s.epochs}ep@{s.lr:g}" for s in self.stages)
         sparse = f"sparse {self.sparse.epochs}ep, " if self.sparse else ""

@@ -67,12 +67,8 @@ def repruned(folder: Path, baseline: Path, round_to: int) -> torch.nn.Module:
             example,
             stage.speedup,
             base_macs=first and first.base_macs,
-            importance=schedule.importance,
-            ranking=schedule.ranking,
-            min_channels=schedule.min_channels,
-            min_channel_ratio=schedule.min_channel_ratio,
             original_widths=first and first.original_widths,
-            round_to=round_to,
+            **(schedule.prune_options() | {"round_to": round_to}),
         )
         first = first or report
     return model.eval()
