@@ -5,6 +5,7 @@ Ray's folder format; search/pareto.py ranks the rows."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,10 @@ class TrialRow:
     reference: bool  # Torch-Pruning's one-shot recipe, run as the search's first trial
     checkpoint: str = ""  # rows read from Ray's storage (run_id ""): the trial's checkpoint
     error: str = ""  # a failed attempt's error (MLflow tag `error`)
+    # A later run of the same trial went on from this one's checkpoint (MLflow tag
+    # prunetune.retried_as): a retry after a lost worker, a resumed search, or a PBT trial that
+    # paused at a stage boundary. Such a run is a part of its trial, not a trial of its own.
+    continued: bool = False
     epochs_used: float = float("nan")  # fine-tune (+ sparse) epochs
     train_tmacs: float = float("nan")  # fine-tune (+ sparse, recalibration) compute, 10^12 MACs
     # measured at the first of latency.batches (NaN: the search measured no latency)
@@ -50,6 +55,22 @@ class TrialRow:
     def usable(self) -> bool:
         """Only trials that ran their whole schedule: ASHA-stopped or failed ones never count."""
         return self.completed and self.status == "FINISHED"
+
+    @property
+    def state(self) -> str:
+        """The status shown to users: a continued run's is "continued", not KILLED/FAILED."""
+        return "continued" if self.continued and not self.usable else self.status
+
+
+def trial_count(rows: Sequence[TrialRow]) -> int:
+    """Trials, not runs: a trial's continued runs (see TrialRow.continued) count once."""
+    return len({r.trial_id for r in rows})
+
+
+def left_out(rows: Sequence[TrialRow]) -> int:
+    """Trials that never completed their schedule (failed or stopped early): runs that are
+    neither usable nor continued by a later run."""
+    return sum(1 for r in rows if not r.usable and not r.continued)
 
 
 # A search from before the cost objective existed ranked by epochs and logged no compute.
@@ -89,6 +110,7 @@ def rows_from_runs(runs: list[Any], cost: CostObjective) -> list[TrialRow]:
                 schedule=tags.get("schedule", ""),
                 reference=tags.get("reference") == "true",
                 error=tags.get("error", ""),
+                continued=tracking.RETRIED_AS_TAG in tags,
                 epochs_used=m.get("epochs_used", float("nan")),
                 train_tmacs=m.get("train_tmacs", float("nan")),
                 latency_ms=m.get("latency_ms", float("nan")),

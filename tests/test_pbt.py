@@ -205,6 +205,15 @@ def test_a_tiny_pbt_search_exploits_continues_lineages_and_replays(tmp_path, cap
     runs = tracking.trial_runs(uri, "pbt")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 2  # one finished run per trial
+    # The other runs paused at the stage boundary and were continued by a later run of their
+    # trial: not stopped early, not trials of their own, and left out of nothing.
+    from search.trials import left_out, load_rows, trial_count
+
+    rows = load_rows(uri, "pbt")
+    paused = [r for r in runs if r.info.status != "FINISHED"]
+    assert paused and all(r.data.tags.get("stopped_early") != "true" for r in paused)
+    assert trial_count(rows) == 2 and left_out(rows) == 0
+    assert {r.state for r in rows} == {"FINISHED", "continued"}
     exploiters = [r for r in finished if int(r.data.tags.get("pbt.exploits", 0)) > 0]
     assert exploiters, "no trial exploited another"
     run = exploiters[0]

@@ -135,6 +135,16 @@ def test_report_without_a_completed_trial(png: bytes) -> None:
     parse(page)
 
 
+def test_a_trials_continued_runs_count_once_and_say_so(png: bytes) -> None:
+    # trial t0001's first run paused at a stage boundary (PBT) and its second finished
+    paused = dataclasses.replace(row(1, 0.40, 5, done=False), run_id="run1a", continued=True)
+    rows = [row(0, 0.62, 40), paused, row(1, 0.66, 30)]
+    page = build_html(data(png, rows=rows, pick=rows[2], front_ids={"run0", "run1"}))
+    assert "2 trials (3 MLflow runs: 1 continued in a later run of their trial)" in page
+    assert '<td class="text">continued</td>' in page and ">KILLED<" not in page
+    parse(page)
+
+
 @pytest.mark.parametrize(
     "uri, expected",
     [

@@ -34,6 +34,9 @@ ROLE_TAG = "prunetune.role"
 ATTEMPT_TAG = "prunetune.attempt"  # 1, 2, ... : one run per attempt of a trial
 RETRY_OF_TAG = "prunetune.retry_of"  # the run of the attempt this one replaces
 RETRIED_AS_TAG = "prunetune.retried_as"  # on a dead attempt: the run that replaced it
+# On a run Tune ended before its last stage; "false" again once a later run of the trial went
+# on from its checkpoint (a PBT pause at a stage boundary, a resumed search).
+STOPPED_EARLY_TAG = "stopped_early"
 RETRIES = (1.0, 2.0, 4.0)  # seconds between attempts; PRUNETUNE_MLFLOW_RETRY_DELAYS="1,2,4"
 
 
@@ -161,6 +164,8 @@ def _close_dead_attempts(uri: str, earlier: list[Any], new_id: str) -> None:
     run counts."""
     for run in earlier:
         tags = {RETRIED_AS_TAG: new_id}
+        if run.data.tags.get(STOPPED_EARLY_TAG) == "true":  # it was paused (PBT), not stopped
+            tags[STOPPED_EARLY_TAG] = "false"
         status = run.info.status
         if status in ("RUNNING", "FINISHED"):
             why = "attempt left its run open" if status == "RUNNING" else "finished attempt"
@@ -329,7 +334,7 @@ def trial_run(
         if handle.completed:
             handle.finish("FINISHED")
         else:
-            handle.set_tags({"stopped_early": "true"})
+            handle.set_tags({STOPPED_EARLY_TAG: "true"})
             handle.finish("KILLED")
         raise
     except BaseException as err:

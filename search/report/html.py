@@ -9,6 +9,7 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from search.accounting import format_wall
+from search.trials import trial_count
 
 if TYPE_CHECKING:
     from search.report.data import Figure, ReportData
@@ -82,7 +83,8 @@ def _summary(data: ReportData) -> str:
     usable = [r for r in data.rows if r.usable]
     items = [f"model: {data.model}"] if data.model else []
     items += [
-        f"{len(data.rows)} trials, {len(usable)} completed their schedule, "
+        f"{trial_count(data.rows)} trials{_run_count(data.rows)}, {len(usable)} completed their "
+        "schedule, "
         f"{len(data.front_ids)} on the Pareto front of validation accuracy (max) against "
         + " and ".join(f"{o.axis(data.cost)} (min)" for o in data.objectives if o.mode == "min"),
     ]
@@ -104,6 +106,14 @@ def _summary(data: ReportData) -> str:
         items.append("no trial completed its schedule: nothing to choose")
     items.append(f"MLflow: {data.tracking_uri}, parent run {data.parent_run_id}")
     return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
+
+
+def _run_count(rows: list[TrialRow]) -> str:
+    """' (7 MLflow runs: 3 continued in a later run)' when trials have more than one run."""
+    continued = sum(1 for r in rows if r.continued)
+    if not continued:
+        return ""
+    return f" ({len(rows)} MLflow runs: {continued} continued in a later run of their trial)"
 
 
 def _measured(r: TrialRow) -> str:
@@ -143,8 +153,9 @@ def _table(data: ReportData) -> str:
     head = "".join(f'<th class="{css}">{esc(name)}</th>' for name, css in COLUMNS)
     body = "\n".join(_row(data, r) for r in _ordered(data))
     note = (
-        "<p>Shaded rows are on the front; grey rows did not complete their schedule (failed or "
-        "stopped early) and never count.</p>"
+        "<p>Shaded rows are on the front; grey rows did not complete their schedule (failed, "
+        "stopped early, or continued in a later run of the same trial: a retry, a resumed "
+        "search, a PBT trial paused at a stage boundary) and never count.</p>"
     )
     return f"{note}<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
 
@@ -173,7 +184,7 @@ def _row(data: ReportData, r: TrialRow) -> str:
         f"<td>{esc(_num(r.macs / 1e6, '{:.2f}M'))}</td>",
         f"<td>{esc(_num(r.params / 1e6, '{:.3f}M'))}</td>",
         f"<td>{esc(_num(r.train_seconds, '{:.0f} s'))}</td>",
-        f'<td class="text">{esc(r.status)}</td>',
+        f'<td class="text">{esc(r.state)}</td>',
         f'<td class="text">{esc(_arrows(r.schedule))}</td>',
         f'<td class="text">{_run_cell(data, r.run_id)}</td>',
     ]

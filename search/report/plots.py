@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pruning.compute import COSTS, DEFAULT_COST, CostObjective
 from search.objectives import OBJECTIVES, Objective
+from search.trials import left_out
 
 if TYPE_CHECKING:
     from search.trials import TrialRow
@@ -71,7 +72,7 @@ def plot_front(
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     _draw_trials_and_front(ax, usable, on_front, x, staircase)
     _mark_reference_and_pick(ax, usable, pick, pick_label, x)
-    _label_front_axes(ax, rows, len(rows) - len(usable), x.axis(cost), x.label)
+    _label_front_axes(ax, rows, left_out(rows), x.axis(cost), x.label)
     _front_limits(ax, usable, cost, x)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=9)
