@@ -30,6 +30,7 @@ from pruning.train import LR_SCHEDULES
 from pruning.validate import build_dataclass, did_you_mean, number_in, positive_int, require
 from search.objectives import DEFAULT_OBJECTIVES, Objective, check_objectives
 from search.space import checked_points
+from search.stage_rungs import DEFAULT_RUNGS, RUNGS
 from search.strategies import DEFAULT_STRATEGY, PbtConfig, check_pbt, check_strategy, migrate
 from trainables.mlflow_models import LOG_MODELS, flavours
 from trainables.point import DIMENSIONS, Dimension, min_channels_for
@@ -169,13 +170,17 @@ def _check_tracking_uri(uri: object) -> None:
 @dataclass(frozen=True)
 class AshaConfig:
     enabled: bool = False
-    grace_epochs: int = 1
+    grace_epochs: int = 1  # the first rung of rungs: epochs (unused by stages)
     reduction_factor: int = 3
+    # Where trials are judged (search.stage_rungs.RUNGS): epochs (Ray's ASHA on val_acc) or
+    # stages (every stage but the last, by non-dominated rank on val_acc and cost so far).
+    rungs: str = DEFAULT_RUNGS
 
     def __post_init__(self) -> None:
         require(isinstance(self.enabled, bool), "asha.enabled", self.enabled, "true or false")
         positive_int("asha.grace_epochs", self.grace_epochs, minimum=1)
         positive_int("asha.reduction_factor", self.reduction_factor, minimum=2)
+        RUNGS.check("asha.rungs", self.rungs)
 
 
 @dataclass(frozen=True)
@@ -332,9 +337,19 @@ def _check_reference(space: SpaceConfig) -> None:
 
 
 def _check_asha(config: ExperimentConfig) -> None:
-    """ASHA stops trials at grace_epochs of the budget and later: the space must let a trial
-    spend that much (a prune-only space, total_epochs [0], has nothing to stop early)."""
+    """ASHA on epochs stops trials at grace_epochs of the budget and later: the space must let
+    a trial spend that much (a prune-only space, total_epochs [0], has nothing to stop early).
+    On stages, a trial needs a stage before its last."""
     budget = config.space.budget
+    if config.asha.enabled and config.asha.rungs == "stages":
+        require(
+            config.space.max_stages >= 2,
+            "space.max_stages",
+            config.space.max_stages,
+            "asha.rungs: stages judges trials at every stage but their last: it needs at least "
+            "2 stages (or set asha.rungs: epochs)",
+        )
+        return
     require(
         not config.asha.enabled or config.asha.grace_epochs <= budget,
         "asha.grace_epochs",

@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from pruning.models import read_state_dict
 from pruning.pretrain import PretrainConfig, pretrain
@@ -29,9 +28,10 @@ from search.config import ExperimentConfig, config_to_dict
 from search.lock import search_lock
 from search.progress import say
 from search.space import describe_space, is_reference, make_searcher, param_space
+from search.stage_rungs import RUNGS
 from search.strategies import is_pbt, migrate
 from trainables import tracking
-from trainables.trial import ASHA_TIME, TrialContext, run_trial
+from trainables.trial import TrialContext, run_trial
 
 PACKAGES = ("torch", "torchvision", "torch-pruning", "ray", "optuna", "mlflow")
 
@@ -226,17 +226,10 @@ def _tuner(
 
 
 def _tune_config(config: ExperimentConfig) -> tune.TuneConfig:
-    """An Optuna strategy's: its searcher, and ASHA when enabled."""
+    """An Optuna strategy's: its searcher, and early stopping (asha.rungs) when enabled."""
     scheduler = None
     if config.asha.enabled:
-        scheduler = ASHAScheduler(
-            time_attr=ASHA_TIME,  # the chosen cost objective in epochs, cumulative over stages
-            metric="val_acc",
-            mode="max",
-            max_t=asha_max_t(config),
-            grace_period=config.asha.grace_epochs,
-            reduction_factor=config.asha.reduction_factor,
-        )
+        scheduler = RUNGS[config.asha.rungs].build(config.asha, asha_max_t(config))
     return tune.TuneConfig(
         search_alg=make_searcher(config, f"sqlite:///{config.out_dir / 'optuna.db'}"),
         scheduler=scheduler,

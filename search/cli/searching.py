@@ -27,6 +27,7 @@ from search.progress import say
 from search.report.data import read_report_data
 from search.report.html import build_html
 from search.space import describe_space
+from search.stage_rungs import describe as describe_early_stopping
 from search.strategies import describe as describe_strategy
 from search.trials import (
     TrialRow,
@@ -147,6 +148,7 @@ def _dry_run(config: ExperimentConfig) -> dict[str, Any]:
         "config": config_to_dict(config),
         "search_space": describe_space(config.space),
         "strategy": describe_strategy(config),
+        "early_stopping": describe_early_stopping(config.asha),
         "tracking_uri": config.tracking_uri,
         "storage": str(config.storage),
     }
