@@ -121,7 +121,7 @@ class StageRungs(FIFOScheduler):
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         """A trial a resumed Tuner restores brings its rung results back (Tune keeps no
         scheduler state across a restore: the Tuner unpickles the scheduler as it was built)."""
-        if trial.last_result:  # a new trial has reported nothing
+        if trial.has_reported_at_least_once:  # a new trial has no history (nor folder)
             self.record_history(trial.trial_id, reported(trial))
 
     def record_history(self, trial_id: str, reports: list[dict[str, Any]]) -> None:
