@@ -10,6 +10,12 @@ the top holds too few trials for that to be more than noise, and the result says
 
 The parameters are the search's flat trial-config keys (`lr_0`, `split_1`, `importance`, ...;
 per-stage keys a trial with fewer stages ignores are drawn all the same, and rank low).
+
+Under strategy pbt a finished trial's config is only its last perturbation: the stages it
+inherited ran with its donors' parameters. There the per-stage parameters are the lineage's
+stages as they ran (`stage_1.speedup`, `stage_1.epochs`, `stage_1.lr`, ...; the last stage's
+speed-up is the target, so not a parameter), read from the trial's last checkpoint, beside the
+keys that stay fixed per lineage (importance, floor, distillation, ...).
 """
 
 from __future__ import annotations
@@ -24,11 +30,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
+from search.strategies import is_pbt
 from trainables import tracking
+from trainables.lineage import PERTURBED
+from trainables.point import keyed_dimensions
 
 if TYPE_CHECKING:
+    from pruning.schedule import Schedule
     from search.config import ExperimentConfig, SpaceConfig
 
 MIN_TRIALS = 10  # finished trials needed: the top TOP_QUANTILE then holds at least 3
@@ -80,6 +90,35 @@ def distributions(space: SpaceConfig) -> dict[str, BaseDistribution]:
     return OptunaSearch.convert_search_space(param_space(space))
 
 
+def lineage_distributions(space: SpaceConfig, target: float) -> dict[str, BaseDistribution]:
+    """A PBT search's dimensions: the keys fixed per lineage as drawn, and each stage as it ran
+    (module docstring) in place of the per-stage draws PBT perturbs."""
+    perturbed = {k for k, dim in keyed_dimensions(space.max_stages) if dim.name in PERTURBED}
+    fixed = {
+        k: d for k, d in distributions(space).items() if k != "n_stages" and k not in perturbed
+    }
+    epochs = FloatDistribution(0.0, float(max(space.total_epochs)))
+    lr = FloatDistribution(space.lr_min, space.lr_max, log=True)
+    stages: dict[str, BaseDistribution] = {}
+    for i in range(1, space.max_stages + 1):
+        if i < space.max_stages:
+            stages[f"stage_{i}.speedup"] = FloatDistribution(1.0, target, log=True)
+        stages |= {f"stage_{i}.epochs": epochs, f"stage_{i}.lr": lr}
+    return fixed | stages
+
+
+def ran_params(schedule: Schedule, dists: Mapping[str, BaseDistribution]) -> dict[str, float]:
+    """A lineage's stages as they ran, as lineage_distributions' keys (clamped into their
+    ranges: a speed-up landed a hair past the target, an lr at the range's float edge)."""
+    params: dict[str, float] = {}
+    for i, stage in enumerate(schedule.stages, start=1):
+        for name, value in (("speedup", stage.speedup), ("epochs", stage.epochs), ("lr", stage.lr)):
+            dist = dists.get(f"stage_{i}.{name}")
+            if isinstance(dist, FloatDistribution):
+                params[f"stage_{i}.{name}"] = min(max(float(value), dist.low), dist.high)
+    return params
+
+
 def what_mattered(
     points: Sequence[tuple[Mapping[str, Any], float]], dists: Mapping[str, BaseDistribution]
 ) -> WhatMattered:
@@ -127,14 +166,23 @@ def _used(values: list[Any], dist: BaseDistribution) -> str:
     return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g}-{high:.2g}"
 
 
-def finished_points(results: list[dict[str, Any]]) -> list[tuple[dict[str, Any], float]]:
+def finished_points(
+    results: list[dict[str, Any]], dists: Mapping[str, BaseDistribution] | None = None
+) -> list[tuple[dict[str, Any], float]]:
     """(config, val acc) of each trial of a search (tuner.SearchOutcome.results) that finished
-    its schedule."""
-    return [
-        (r["config"], float(r["metrics"]["val_acc"]))
-        for r in results
-        if not r["error"] and r["metrics"].get("completed") and r["config"]
-    ]
+    its schedule. With a PBT search's `dists` (lineage_distributions), its config's per-stage
+    keys are the stages its lineage ran (the result's `lineage`); one without is left out."""
+    points = []
+    for r in results:
+        if r["error"] or not r["metrics"].get("completed") or not r["config"]:
+            continue
+        config = r["config"]
+        if dists is not None:
+            if r.get("lineage") is None:
+                continue
+            config = config | ran_params(r["lineage"].schedule, dists)
+        points.append((config, float(r["metrics"]["val_acc"])))
+    return points
 
 
 def log_what_mattered(
@@ -142,7 +190,12 @@ def log_what_mattered(
 ) -> WhatMattered:
     """Computes it for a finished search and logs it on the parent run (artifact FILE, tag
     TAG), where the report reads it."""
-    result = what_mattered(finished_points(results), distributions(config.space))
+    if is_pbt(config):
+        dists = lineage_distributions(config.space, config.target_speedup)
+        points = finished_points(results, dists)
+    else:
+        dists, points = distributions(config.space), finished_points(results)
+    result = what_mattered(points, dists)
     uri = config.tracking_uri
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / FILE).write_text(result.to_json())

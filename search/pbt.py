@@ -30,13 +30,13 @@ from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from search.space import known_points, param_space
+from trainables.lineage import PERTURBED
 from trainables.point import keyed_dimensions
 from trainables.trial import PBT_TIME
 
 if TYPE_CHECKING:
     from search.config import ExperimentConfig, SpaceConfig
 
-PERTURBED = ("split", "epochs", "lr")  # the per-stage dimensions PBT perturbs
 
 
 def population_space(config: ExperimentConfig) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from search.space import describe_space, is_reference, make_searcher, param_spac
 from search.stage_rungs import RUNGS
 from search.strategies import is_pbt, migrate
 from trainables import tracking
+from trainables.lineage import Lineage, load_lineage
 from trainables.trial import TrialContext, run_trial
 
 PACKAGES = ("torch", "torchvision", "torch-pruning", "ray", "optuna", "mlflow")
@@ -40,7 +41,8 @@ PACKAGES = ("torch", "torchvision", "torch-pruning", "ray", "optuna", "mlflow")
 class SearchOutcome:
     parent_run_id: str
     experiment_id: str
-    results: list[dict[str, Any]]  # one per trial: trial_id, config, metrics, error
+    # one per trial: trial_id, config, metrics, error, reference, lineage (PBT's, else None)
+    results: list[dict[str, Any]]
     spent: Spent  # the fine-tune compute of all trials (search.accounting)
     wall_s: float  # wall seconds of the trials, earlier sessions of a resumed search included
 
@@ -308,6 +310,7 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
             "metrics": r.metrics or {},
             "error": str(r.error) if r.error else None,
             "reference": config.reference_trial and is_reference(r.config, config),
+            "lineage": _lineage(r) if is_pbt(config) else None,
         }
         for r in grid
     ]
@@ -319,6 +322,14 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> SearchOutcome:
     except RuntimeError as err:
         say(f"warning: the search's compute and wall time were not logged to MLflow ({err})")
     return SearchOutcome(parent, experiment_id, results, total, wall_s)
+
+
+def _lineage(result: Any) -> Lineage | None:
+    """A PBT trial's lineage: the stages it ran, from its last checkpoint (None: it has none)."""
+    if result.checkpoint is None:
+        return None
+    with result.checkpoint.as_directory() as folder:
+        return load_lineage(Path(folder))
 
 
 def failure_summary(results: list[dict[str, Any]]) -> str | None:

@@ -53,3 +53,40 @@ def test_too_few_trials_say_so_instead_of_ranking() -> None:
         f"too few finished trials to tell ({MIN_TRIALS - 1}; the importance needs at least "
         f"{MIN_TRIALS})"
     ]
+
+
+def test_a_pbt_lineage_counts_with_the_stages_it_ran_not_its_last_perturbation() -> None:
+    """Accuracy follows the lr stage 1 RAN with (inherited from a donor), while the trial's
+    final config (its last perturbation) says lr_0 = 0.04 for every trial."""
+    from pruning.schedule import Schedule, Stage
+    from search.importance import finished_points, lineage_distributions
+    from trainables.lineage import Lineage
+
+    space = config_from_dict(
+        {"name": "t", "data": {"name": "synthetic"}, "space": {"max_stages": 2}}
+    ).space
+    dists = lineage_distributions(space, 8.84)
+    assert "lr_0" not in dists and "split_0" not in dists and "n_stages" not in dists
+    assert {"stage_1.speedup", "stage_1.lr", "stage_2.epochs", "importance"} <= set(dists)
+    assert "stage_2.speedup" not in dists  # the target, always
+    rng, results = random.Random(0), []
+    for i in range(30):
+        ran = rng.uniform(space.lr_min, space.lr_max)
+        stages = (Stage(rng.uniform(1.5, 6.0), 2, ran), Stage(8.84, 2, rng.uniform(0.002, 0.04)))
+        config = {k: _draw(rng, d) for k, d in distributions(space).items()} | {"lr_0": 0.04}
+        results.append(
+            {
+                "config": config,
+                "metrics": {"completed": 1.0, "val_acc": 0.8 - 10 * abs(ran - 0.015)},
+                "error": None,
+                "lineage": Lineage(f"t{i}", Schedule(8.84, stages)),
+            }
+        )
+    results.append(results[0] | {"lineage": None})  # no checkpoint to read: left out
+    points = finished_points(results, dists)
+    assert (
+        len(points) == 30
+        and points[0][0]["stage_1.lr"] == results[0]["lineage"].schedule.stages[0].lr
+    )
+    result = what_mattered(points, dists)
+    assert result.top[0].name == "stage_1.lr"

@@ -279,6 +279,9 @@ def test_a_tiny_pbt_search_exploits_continues_lineages_and_replays(tmp_path, cap
         - mine_last["cost_restored"]
     )
     assert parent["search_cost"] == pytest.approx(expected, rel=1e-6)
+    # what mattered read both finished lineages from their last checkpoints (too few to rank)
+    parent_tags = tracking.client(uri).get_run(runs[0].data.tags["mlflow.parentRunId"]).data.tags
+    assert parent_tags["what_mattered"].startswith("too few finished trials to tell (2;")
 
 
 def _stage_checkpoint(tmp_path: Path, trial_id: str, stage: int) -> Path:

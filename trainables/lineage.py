@@ -30,6 +30,8 @@ from pruning.schedule import Schedule, Stage, schedule_from_dict, schedule_to_di
 from trainables.point import TrialPoint, split_epochs, split_speedups
 
 LINEAGE_FILE = "lineage.json"
+# The per-stage dimensions PBT perturbs (search.pbt.mutations) and continue_schedule re-plans.
+PERTURBED = ("split", "epochs", "lr")
 # Every trial run reports (for search.accounting, which imports no Ray): the cost (the cost
 # objective's metric) of the checkpoint it started from, counted where it was computed, and an
 # id of the run (one attempt of a trial). They are the same for every strategy.
