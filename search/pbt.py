@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from search.config import ExperimentConfig, SpaceConfig
 
 
-
 def population_space(config: ExperimentConfig) -> dict[str, Any]:
     """The Tune space with n_stages fixed to space.max_stages."""
     return param_space(config.space) | {"n_stages": config.space.max_stages}
