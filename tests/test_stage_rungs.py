@@ -172,6 +172,15 @@ def test_stage_rungs_need_no_epochs_so_a_prune_only_space_may_use_them() -> None
     assert config.asha.rungs == "stages"
 
 
+def test_dry_run_names_the_early_stopping(capsys) -> None:
+    from search.cli import main
+
+    demo = Path(__file__).parents[1] / "experiments" / "demo_search.yaml"
+    assert main(["search", str(demo), "--dry-run", "asha.enabled=true", "asha.rungs=stages"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)["early_stopping"]
+    assert shown.startswith("asha.rungs stages: a rung at every stage but the last")
+
+
 # ---------------------------------------------------------------- a real search
 
 # Two two-stage trials, one after the other, all fine-tuning in their last stage, so a rung-1
