@@ -13,7 +13,8 @@ intervals.
   on the target within its budget, is trainables/lineage.py's continue_schedule. The other
   keys (importance, distillation, total_epochs, ...) stay the donor's: fixed per lineage.
 - The initial population is drawn at random (Ray's BasicVariantGenerator, seeded), the
-  config's `points` first; PBT's own choices use Python's `random`, seeded once per search.
+  config's `points` first; PBT's own choices (donors, perturbations) come from a random
+  stream of the scheduler's own, seeded by the search's seed (SeededPBT).
 
 PBT compares val acc at equal stage index, which may be at different speed-ups (each trial
 splits the target its own way); the front is still built from finished lineages only, on
@@ -23,8 +24,11 @@ the target.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -68,10 +72,43 @@ def clamp(space: SpaceConfig):  # -> Callable[[dict], dict]
     return explore
 
 
-def scheduler(config: ExperimentConfig) -> PopulationBasedTraining:
-    random.seed(config.seed)  # PBT draws its donors and perturbations from `random`
+class SeededPBT(PopulationBasedTraining):
+    """Ray's PBT with random streams of its own. Ray's PBT draws its donors and perturbations
+    from the module-level `random` (and resamples from numpy's global RNG), which the driver's
+    other code (Ray, MLflow's clients, Tune's callbacks) also draws from, by amounts that vary
+    run to run; so seeding `random` once did not make a search's exploits reproducible.
+    Synchronous PBT makes every draw inside on_trial_result (the call that completes a
+    boundary), so that call runs on this scheduler's own state, which is pickled with the
+    scheduler (its state is plain data)."""
+
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._random_state = random.Random(seed).getstate()
+        self._numpy_state = np.random.RandomState(seed).get_state()
+
+    @contextmanager
+    def own_random(self) -> Iterator[None]:
+        """`random` and numpy's global RNG (a resampled value is a Tune domain's sample, drawn
+        from numpy's) on this scheduler's streams for the block; the caller's untouched."""
+        outer, outer_numpy = random.getstate(), np.random.get_state()
+        random.setstate(self._random_state)
+        np.random.set_state(self._numpy_state)
+        try:
+            yield
+        finally:
+            self._random_state, self._numpy_state = random.getstate(), np.random.get_state()
+            random.setstate(outer)
+            np.random.set_state(outer_numpy)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        with self.own_random():
+            return super().on_trial_result(tune_controller, trial, result)
+
+
+def scheduler(config: ExperimentConfig) -> SeededPBT:
     pbt = config.pbt
-    return PopulationBasedTraining(
+    return SeededPBT(
+        config.seed,
         time_attr=PBT_TIME,
         metric="val_acc",
         mode="max",

@@ -99,6 +99,53 @@ def test_explore_perturbs_only_per_stage_keys_and_clamps_them_into_the_space() -
     assert out["importance"] == "taylor"  # untouched
 
 
+def test_pbt_draws_from_its_own_seeded_stream_whatever_else_draws_from_random() -> None:
+    """Two searches with the same seed perturb the same way, though the driver's other code
+    drew from `random` differently in each; the caller's stream is left as it was."""
+    import random
+
+    import numpy as np
+    from ray import cloudpickle
+    from ray.tune.schedulers.pbt import _explore
+
+    from search.pbt import scheduler
+
+    config = config_from_dict(PBT)
+    donor = {k: 0.5 for k in mutations(config.space)} | {"importance": "lamp"}
+
+    def perturbations(other_draws: int) -> list[dict]:
+        pbt = scheduler(config)
+        out = []
+        for _ in range(3):
+            for _ in range(other_draws):
+                random.random()  # the rest of the driver
+                np.random.rand()
+            with pbt.own_random():
+                out.append(
+                    _explore(
+                        donor, pbt._hyperparam_mutations, 0.25, (0.8, 1.2), clamp(config.space)
+                    )[0]
+                )
+        return out
+
+    random.seed(7)
+    np.random.seed(7)
+    first = perturbations(other_draws=0)
+    after = random.random(), np.random.rand()
+    random.seed(7)
+    np.random.seed(7)
+    assert perturbations(other_draws=0) == first and (random.random(), np.random.rand()) == after
+    assert perturbations(other_draws=5) == first
+    assert len({json.dumps(c, sort_keys=True) for c in first}) == 3  # a stream, not one draw
+    assert perturbations(other_draws=0) != [
+        _explore(donor, mutations(config.space), 0.25, (0.8, 1.2), clamp(config.space))[0]
+        for _ in range(3)
+    ]  # not the global stream
+    resumed = cloudpickle.loads(cloudpickle.dumps(scheduler(config)))  # as Tune saves it
+    with resumed.own_random():
+        assert random.random() == random.Random(config.seed).random()
+
+
 def test_lineage_tags_name_each_exploit() -> None:
     ran = _point((1.0, 1.0), (1.0, 1.0), (0.01, 0.01), total=4).schedule(4.0, Training(), 0)
     lineage = Lineage("a", ran).exploited("b", 1)
