@@ -26,6 +26,26 @@ def test_pbt_trial_units_one_stage_is_one_full_trial_and_more_stages_cost_more()
     assert bench.pbt_trial_units(8.84, 3) > bench.pbt_trial_units(8.84, 2)
 
 
+def test_an_arm_is_a_strategy_plus_the_keys_it_adds_and_early_stopping_gets_more_trials() -> None:
+    from types import SimpleNamespace
+
+    import yaml
+
+    c = yaml.safe_load((ROOT / "experiments" / "bench" / "search_strategies.yaml").read_text())
+    b = SimpleNamespace(c=c)
+    b.arm = lambda name: bench.Bench.arm(b, name)
+    b.strategy = lambda name: bench.Bench.strategy(b, name)
+    assert b.arm("tpe") == {"strategy": "tpe"}
+    arm = b.arm("tpe+stage_rungs")
+    assert arm["strategy"] == "tpe" and arm["asha"]["rungs"] == "stages"
+    plain, stopped = bench.Bench.trials(b, "tpe"), bench.Bench.trials(b, "tpe+stage_rungs")
+    assert stopped > plain
+    # the same start-up count as plain tpe's default, so only the early stopping differs
+    from search.strategies import default_startup
+
+    assert arm["n_startup_trials"] == default_startup(plain)
+
+
 def _search(curve: list[tuple[float, float]]) -> report.Search:
     return report.Search("random", 0, curve, 10.0, 60.0, 8.0, 1.0, 0.5, 0.5)
 
@@ -61,7 +81,7 @@ def test_smoke_runs_every_registered_strategy_end_to_end(tmp_path: Path) -> None
             timeout=1200,
         )
     out = tmp_path / "b_smoke"
-    names = [s for s in ("random", "tpe", "pbt") if s in STRATEGIES]
+    names = [s for s in ("random", "tpe", "pbt") if s in STRATEGIES] + ["tpe+stage_rungs"]
     text = (out / "report" / "RESULTS.md").read_text()
     assert report.BEGIN in text and "Where it falls short" in text
     assert (out / "report" / report.FIGURE).stat().st_size > 0
@@ -74,7 +94,7 @@ def test_smoke_runs_every_registered_strategy_end_to_end(tmp_path: Path) -> None
         assert (out / "report" / report.MODELS / name / "pruned.pt").is_file()
         assert f"| {name} | 1 |" in text
     # random and tpe were stopped at the budget: their accounted compute reached it
-    for name in ("random", "tpe"):
+    for name in ("random", "tpe", "tpe+stage_rungs"):
         row = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} | 0 |"))
         spent = float(row.split("|")[5])
         assert math.isfinite(spent) and spent > 0

@@ -103,22 +103,32 @@ class Bench:
         images = self.c["data"]["train_subset"] * self.c["trial_epochs"]
         return finetune_tmacs(dense / self.c["target_speedup"], images)
 
-    def trials(self, strategy: str) -> int:
-        if STRATEGIES[strategy].kind == "pbt":
+    def arm(self, name: str) -> dict[str, Any]:
+        """A search arm: a registered strategy's name alone, or an entry of the config's `arms`
+        (the strategy it runs and the experiment-file keys it adds, e.g. early stopping)."""
+        return self.c.get("arms", {}).get(name, {"strategy": name})
+
+    def strategy(self, name: str) -> str:
+        return self.arm(name)["strategy"]
+
+    def trials(self, name: str) -> int:
+        if STRATEGIES[self.strategy(name)].kind == "pbt":
             per = pbt_trial_units(self.c["target_speedup"], self.c["space"]["max_stages"])
             return max(2, round(self.c["budget_trials"] / per))
-        return math.ceil(self.c["budget_trials"]) + self.c["max_concurrent"]
+        # Early stopping makes trials cheaper than U: more fit the budget the watch enforces.
+        cheaper = 3 if "asha" in self.arm(name) else 1
+        return cheaper * math.ceil(self.c["budget_trials"]) + self.c["max_concurrent"]
 
     # --- one search --------------------------------------------------------------------------
     def folder(self, strategy: str, seed: int) -> Path:
         return self.out / "searches" / f"{strategy}_s{seed}"
 
-    def experiment(self, strategy: str, seed: int) -> Path:
-        n, pbt = self.trials(strategy), STRATEGIES[strategy].kind == "pbt"
+    def experiment(self, name: str, seed: int) -> Path:
+        n, pbt = self.trials(name), STRATEGIES[self.strategy(name)].kind == "pbt"
         concurrent = n if pbt else self.c["max_concurrent"]
         cpus = os.cpu_count() or 1
         config = {
-            "name": f"bench_{strategy}_s{seed}",
+            "name": f"bench_{name.replace('+', '_')}_s{seed}",
             "target_speedup": self.c["target_speedup"],
             "width": self.c["width"],
             "data": self.ablation.data(),
@@ -126,7 +136,7 @@ class Bench:
             "space": self.c["space"] | {"total_epochs": [self.c["trial_epochs"]]},
             # Every trial is the strategy's own choice (pbt refuses the one-stage reference).
             "reference_trial": False,
-            "strategy": strategy,
+            "strategy": self.strategy(name),
             "seed": seed,
             "num_trials": n,
             "max_concurrent": concurrent,
@@ -134,9 +144,9 @@ class Bench:
             "max_failures": 1,
             "latency": {"enabled": False},  # not what is compared; saves each trial's timing
             "mlflow": {"log_models": False},
-            "out": str(self.folder(strategy, seed)),
-        }
-        path = self.folder(strategy, seed) / "experiment_input.yaml"
+            "out": str(self.folder(name, seed)),
+        } | {k: v for k, v in self.arm(name).items() if k != "strategy"}
+        path = self.folder(name, seed) / "experiment_input.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
@@ -152,7 +162,7 @@ class Bench:
             resume = ["--resume"] if (folder / "search.json").exists() else []
             proc = self.command(f"{step}/search", ["search", str(experiment), *resume])
             budget = None
-            if STRATEGIES[strategy].kind != "pbt":
+            if STRATEGIES[self.strategy(strategy)].kind != "pbt":
                 budget = self.c["budget_trials"] * self.unit_tmacs(experiment)
             rc = self.watch(proc, experiment, budget)
             if rc:
@@ -196,10 +206,10 @@ class Bench:
 
     # --- all ----------------------------------------------------------------------------------
     def strategies(self) -> list[str]:
-        """The config's strategies that are registered (a missing one is said, and skipped)."""
+        """The config's arms whose strategy is registered (a missing one is said, and skipped)."""
         names = []
         for name in self.c["strategies"]:
-            if name in STRATEGIES:
+            if self.strategy(name) in STRATEGIES:
                 names.append(name)
             else:
                 log(f"strategy {name!r} is not registered here ({STRATEGIES.names()}): skipped")

@@ -253,7 +253,7 @@ recovery-levers issue's converged baseline (`{os.path.relpath(bench.baseline, RO
   trial is the strategy's own choice); latency not measured.
 - **Budget**: {c["budget_trials"]} full trials' worth per search, U = {unit:.4g} train TMACs
   ({c["trial_epochs"]} epochs of the {c["target_speedup"]}x model), so {c["budget_trials"]} U.
-  random and tpe are stopped by this script once the parent run's accounted `search_cost`
+  Every search but pbt's is stopped by this script once the parent run's accounted `search_cost`
   reaches it (the crossing trial counts, trials in flight are stopped); pbt's population is
   sized to it instead (stopping it would leave no finished lineage).
   {"Not run: " + ", ".join(skipped) + " (not registered)." if skipped else ""}
@@ -280,10 +280,12 @@ above are noise; a {c["trial_epochs"]}-epoch, {c["data"]["train_subset"]}-image 
 schedules by short-budget recovery, which need not rank them the same at the study's budget; pbt's
 compute is held to the budget by its population size, not stopped at it (see its "compute
 spent"); the budget stop overshoots by up to one stage of one trial, and the stopped in-flight
-trials' last partial stage is not counted (no report carries it). tpe with ASHA is not run:
-trials report only at stage ends, and a {c["trial_epochs"]}-epoch trial computes less than one
-dense epoch, ASHA's smallest rung (`asha.grace_epochs` >= 1, in dense epochs with `cost:
-compute`), so ASHA would never stop a trial.
+trials' last partial stage is not counted (no report carries it). tpe with Ray's ASHA (rungs
+in dense epochs) is not run: a {c["trial_epochs"]}-epoch trial computes less than one dense
+epoch, ASHA's smallest rung, so it would never stop a trial; `tpe+stage_rungs` is tpe with
+the stage-rung early stopping instead (`asha.rungs: stages`, search/stage_rungs.py: a rung at
+every stage but the last, promoting the top third by non-dominated rank on val acc and compute
+so far), which compares trials at their own stage-1 speed-ups.
 
 Committed: each strategy's first-seed export (the search's best trial, schedule and weights):
 {", ".join(kept) or "none"}. The first commands, as run from the repository root:
