@@ -24,7 +24,7 @@ from search import pbt
 from search.accounting import Spent, log_spent, previous_wall, spent
 from search.callbacks import AnytimeCurve, TrialProgress
 from search.cluster import check_resources, init_ray
-from search.config import ExperimentConfig, config_to_dict
+from search.config import ExperimentConfig, config_from_dict, config_to_dict
 from search.lock import search_lock
 from search.progress import say
 from search.space import describe_space, is_reference, make_searcher, param_space
@@ -167,7 +167,7 @@ def check_resumable(config: ExperimentConfig, force: bool) -> None:
     if not stored.is_file():
         say(f"--resume: {stored} is missing, so the config cannot be compared; resuming")
         return
-    before = _flatten(migrate(yaml.safe_load(stored.read_text()) or {}))
+    before = _flatten(_as_now(yaml.safe_load(stored.read_text()) or {}))
     now = _flatten(config_to_dict(config))
     differ = sorted(
         k
@@ -184,6 +184,15 @@ def check_resumable(config: ExperimentConfig, force: bool) -> None:
             "in another folder (out=...), or pass --force to resume under the new config"
         )
     say(f"--resume --force: resuming although the config changed ({changes})")
+
+
+def _as_now(stored: dict[str, Any]) -> dict[str, Any]:
+    """The stored config read by this version: a field added since (its default keeps the old
+    behaviour) is not a difference. As it was stored when this version cannot read it."""
+    try:
+        return config_to_dict(config_from_dict(stored))
+    except (ValueError, TypeError):
+        return migrate(stored)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

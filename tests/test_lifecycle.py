@@ -83,6 +83,18 @@ def test_resume_under_the_same_config_goes_on(tmp_path, capsys) -> None:
     assert "compute started (resume=True)" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("no_compute")
+def test_a_search_stored_before_a_field_existed_resumes_without_force(tmp_path, capsys) -> None:
+    path = _config_file(tmp_path)
+    _stored_search(path)
+    stored = tmp_path / "run" / "experiment.yaml"
+    old = yaml.safe_load(stored.read_text())
+    del old["asha"]["rungs"], old["latency"]  # fields this version added, at their defaults
+    stored.write_text(yaml.safe_dump(old))
+    main(["search", str(path), "--resume"])
+    assert "compute started (resume=True)" in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("ray_cluster")  # 2 CPUs, no GPU
 def test_trials_that_no_node_can_run_stop_the_search_before_any_trial(
     tmp_path, monkeypatch, capsys
