@@ -342,3 +342,50 @@ def _widths(model: torch.nn.Module) -> dict[str, int]:
     return {
         name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
     }
+
+
+@pytest.mark.slow  # about 2 min on 2 idle cores: two searches' worth
+@pytest.mark.usefixtures("ray_cluster")
+def test_an_interrupted_pbt_search_resumes_and_every_lineage_lands(tmp_path) -> None:
+    """Ctrl-C once a trial has saved its stage 1, then --resume: both lineages finish on the
+    target within the budget, one finished run per trial, and the parent's compute goes on."""
+    import signal
+    import time
+
+    from support.procs import start_prunetune, subprocess_env
+
+    from search.cli import main
+    from trainables import tracking
+
+    config = tmp_path / "pbt.yaml"
+    config.write_text(yaml.safe_dump(EXPERIMENT | {"out": str(tmp_path / "run")}))
+    proc = start_prunetune("search", str(config), cwd=tmp_path, env=subprocess_env())
+    deadline = time.monotonic() + 300
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "stage 1 saved" in line:
+                proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+                break
+            assert time.monotonic() < deadline, "no stage finished in time"
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    uri = f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
+    assert not [r for r in tracking.trial_runs(uri, "pbt") if r.data.metrics.get("completed")]
+
+    assert main(["search", str(config), "--resume"]) == 0
+    runs = tracking.trial_runs(uri, "pbt")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    trial_ids = sorted(r.data.tags[tracking.TRIAL_TAG] for r in finished)
+    assert len(finished) == 2 and trial_ids == sorted(
+        {r.data.tags[tracking.TRIAL_TAG] for r in runs}
+    )
+    for run in finished:
+        m = run.data.metrics
+        assert m["completed"] == 1.0 and m["speedup"] == pytest.approx(TARGET, rel=0.02)
+        assert m["epochs_used"] <= 2
+    parent = tracking.run_metrics(uri, runs[0].data.tags["mlflow.parentRunId"])
+    # both sessions' compute: at least the costlier lineage, stage 1 of the first session included
+    assert parent["search_cost"] >= max(r.data.metrics["train_tmacs"] for r in finished)
