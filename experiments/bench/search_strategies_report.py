@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from experiments.recovery_levers.report import TestSet
+from experiments.recovery_levers.report import TestSet, welch_t
 from pruning import schedule as schedule_io
 from search.accounting import BEST_SO_FAR, SEARCH_COST, STEPS_PER_UNIT, WALL
 from search.config import load_config
@@ -184,10 +184,12 @@ def verdict(groups: dict[str, list[Search]], level: float | None) -> str:
         if strategy == "random":
             continue
         gap = 100 * (statistics.mean(s.test for s in group) - rnd)
+        tests = ([s.test for s in group], [s.test for s in groups["random"]])
+        t = f", Welch t {welch_t(*tests):+.1f}" if min(map(len, tests)) >= 2 else ""
         reach = [s.reaches(level) / s.budget for s in group if level and s.reaches(level)]
         half = len(reach) == len(group) and statistics.mean(reach) <= 0.5
         lines.append(
-            f"- **{strategy}**: test accuracy {gap:+.2f} points against random's pick (target "
+            f"- **{strategy}**: test accuracy {gap:+.2f} points against random's pick{t} (target "
             f">= +1: {'met' if gap >= 1 else 'not met'}); reached random's final best in "
             f"{len(reach)} of {len(group)} seeds"
             + (f", at {statistics.mean(reach):.0%} of the budget on average" if reach else "")
