@@ -26,16 +26,19 @@ from dataclasses import dataclass
 from functools import partial
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from filelock import FileLock
 from PIL import Image
 
 from pruning.registry import Registry
 from pruning.validate import positive_int, require
+
+if TYPE_CHECKING:
+    import torchvision
 
 _DEFAULT_BASE = "~/.cache/prunetune-data"
 _CACHE_VERSION = 1  # bump when the cache layout changes, so old files are never misread
@@ -171,7 +174,12 @@ def check_root(spec: DataSpec) -> None:
 # --- CIFAR through torchvision ----------------------------------------------------------------
 
 
-def _load_cifar(spec: DataSpec, cls: type[torchvision.datasets.CIFAR10]) -> RawData:
+def _load_cifar(spec: DataSpec, dataset: str) -> RawData:
+    """`dataset`: the torchvision class, CIFAR10 or CIFAR100 (torchvision is imported here, not
+    at the top: it costs seconds, and a command that reads no CIFAR should not pay them)."""
+    import torchvision
+
+    cls: type[torchvision.datasets.CIFAR10] = getattr(torchvision.datasets, dataset)
     root = _data_root(spec)
     folder = root / cls.base_folder
     try:
@@ -344,8 +352,8 @@ def _synthetic_split(templates: torch.Tensor, n: int, size: int, seed: int) -> S
 DATASETS: Registry[Callable[[DataSpec], RawData]] = Registry(
     "dataset",
     {
-        "cifar100": partial(_load_cifar, cls=torchvision.datasets.CIFAR100),
-        "cifar10": partial(_load_cifar, cls=torchvision.datasets.CIFAR10),
+        "cifar100": partial(_load_cifar, dataset="CIFAR100"),
+        "cifar10": partial(_load_cifar, dataset="CIFAR10"),
         "imagefolder": _load_imagefolder,
         "synthetic": _load_synthetic,
     },

@@ -29,8 +29,8 @@ from pruning.schedule import DEFAULT_TEMPERATURE, MAX_SPEEDUP, MAX_TEMPERATURE, 
 from pruning.train import LR_SCHEDULES
 from pruning.validate import build_dataclass, did_you_mean, number_in, positive_int, require
 from search.objectives import DEFAULT_OBJECTIVES, Objective, check_objectives
+from search.rungs import DEFAULT_RUNGS, RUNGS
 from search.space import checked_points
-from search.stage_rungs import DEFAULT_RUNGS, RUNGS
 from search.strategies import DEFAULT_STRATEGY, PbtConfig, check_pbt, check_strategy, migrate
 from trainables.mlflow_models import LOG_MODELS, flavours
 from trainables.point import DIMENSIONS, Dimension, min_channels_for

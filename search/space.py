@@ -9,21 +9,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import optuna
-from ray import tune
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
-
 from pruning.schedule import Schedule
 from search.strategies import make_sampler
 from trainables.point import Dimension, TrialPoint, keyed_dimensions, point_from_user
 from trainables.point import reference_point as reference_of_space
 
 if TYPE_CHECKING:  # search.config imports checked_points from here
+    from ray.tune.search import ConcurrencyLimiter
+
     from search.config import ExperimentConfig, SpaceConfig
+
+# Ray and Optuna are imported by the functions that build Tune's space and searcher, not here:
+# search.config (so `prunetune search --dry-run` and a config's errors) reads this module.
 
 
 def _tune_domain(dim: Dimension, space: SpaceConfig) -> Any:
+    from ray import tune
+
     domain = dim.domain(space)
     if dim.kind == "int":
         return tune.randint(domain[0], domain[1] + 1)  # upper bound exclusive
@@ -80,6 +82,10 @@ def known_points(config: ExperimentConfig) -> list[dict[str, Any]]:
 
 
 def make_searcher(config: ExperimentConfig, storage_url: str) -> ConcurrencyLimiter:
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
     points = known_points(config) or None
     searcher = OptunaSearch(
         metric=[o.metric for o in config.ranked_by],  # the config's objectives

@@ -1,5 +1,5 @@
 """Early stopping for an Optuna strategy: the experiment's `asha` section, whose `rungs` names
-one entry of RUNGS.
+one entry of search.rungs.RUNGS (the registry, apart so that reading a config needs no Ray).
 
 - `epochs` (the default): Ray Tune's ASHAScheduler on validation accuracy alone, its rungs at
   grace_epochs * reduction_factor^k of the cumulative cost in dense epochs (trainables.trial.
@@ -35,23 +35,18 @@ from __future__ import annotations
 import json
 import math
 import pickle
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from pruning.registry import Registry
 from search.objectives import ACCURACY
 from search.pareto import pareto_ranks
-from trainables.trial import ASHA_TIME
 
-if TYPE_CHECKING:  # search.config imports RUNGS from here
+if TYPE_CHECKING:
     from ray.tune.experiment import Trial
-
-    from search.config import AshaConfig
 
 COST = "cost"  # the chosen cost objective's metric, cumulative (trainables.trial reports it)
 DIRECTIONS = ("maximize", "minimize")  # (val_acc, cost)
@@ -159,48 +154,3 @@ def reported(trial: Trial) -> list[dict[str, Any]]:
     except (OSError, FileNotFoundError):
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-@dataclass(frozen=True)
-class Rungs:
-    """One kind of early stopping: `build(asha, max_t)` makes Tune's scheduler, max_t the
-    most a trial can spend in dense epochs (search.tuner.asha_max_t)."""
-
-    summary: str
-    build: Callable[[AshaConfig, float], TrialScheduler]
-
-
-def _epoch_rungs(asha: AshaConfig, max_t: float) -> TrialScheduler:
-    return ASHAScheduler(
-        time_attr=ASHA_TIME,  # the chosen cost objective in epochs, cumulative over stages
-        metric=ACCURACY,
-        mode="max",
-        max_t=max_t,
-        grace_period=asha.grace_epochs,
-        reduction_factor=asha.reduction_factor,
-    )
-
-
-RUNGS: Registry[Rungs] = Registry(
-    "asha.rungs",
-    {
-        "epochs": Rungs(
-            "ASHA on val_acc alone, rungs at grace_epochs x reduction_factor^k dense epochs of "
-            "cost (Ray Tune's ASHAScheduler)",
-            _epoch_rungs,
-        ),
-        "stages": Rungs(
-            "a rung at every stage but the last, promoting the top 1/reduction_factor by "
-            "non-dominated rank on (val_acc, cost so far), as MOASHA does",
-            lambda asha, _: StageRungs(asha.reduction_factor),
-        ),
-    },
-)
-DEFAULT_RUNGS = "epochs"
-
-
-def describe(asha: AshaConfig) -> str:
-    """One line for --dry-run: the early stopping a search runs with."""
-    if not asha.enabled:
-        return "off (asha.enabled: false)"
-    return f"asha.rungs {asha.rungs}: {RUNGS[asha.rungs].summary}"

@@ -24,13 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import optuna
-
 from pruning.registry import Registry
 from pruning.validate import number_in, positive_int, require
 
 if TYPE_CHECKING:  # search.config imports STRATEGIES from here
+    import optuna
+
     from search.config import ExperimentConfig
+
+# Optuna is imported by the sampler factories, not here: search.config (and so `prunetune
+# search --dry-run` and its config errors) reads this registry, and need not pay for Optuna.
 
 DEFAULT_STRATEGY = "tpe"
 
@@ -51,11 +54,21 @@ class Strategy:
 def _tpe(seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
     # The space is static (per-stage keys always drawn), so multivariate TPE models the
     # interactions between stages without falling back to random sampling.
+    import optuna
+
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=n_startup)
 
 
 def _nsga2(seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, n_startup))
+
+
+def _random(seed: int, _: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 STRATEGIES: Registry[Strategy] = Registry(
@@ -65,7 +78,7 @@ STRATEGIES: Registry[Strategy] = Registry(
         "nsga2": Strategy("NSGA-II (Optuna), a first generation of the start-up size", _nsga2),
         "random": Strategy(
             "every trial at random (the baseline)",
-            lambda seed, _: optuna.samplers.RandomSampler(seed=seed),
+            _random,
             startup=False,
         ),
         "pbt": Strategy(

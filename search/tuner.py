@@ -27,8 +27,8 @@ from search.cluster import check_resources, init_ray
 from search.config import ExperimentConfig, config_from_dict, config_to_dict
 from search.lock import search_lock
 from search.progress import say
+from search.rungs import RUNGS
 from search.space import describe_space, is_reference, make_searcher, param_space
-from search.stage_rungs import RUNGS
 from search.strategies import is_pbt, migrate
 from trainables import tracking
 from trainables.lineage import Lineage, load_lineage

@@ -14,7 +14,8 @@ from ray.tune.schedulers import ASHAScheduler
 from support.experiment import tiny_experiment
 
 from search.config import config_from_dict
-from search.stage_rungs import RUNGS, StageRungs, describe
+from search.rungs import RUNGS, describe
+from search.stage_rungs import StageRungs
 
 CONTINUE, STOP = "CONTINUE", "STOP"
 

@@ -31,15 +31,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-import mlflow.onnx
-import mlflow.pytorch
 import numpy as np
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
-from mlflow.types import Schema, TensorSpec
 from torch import nn
 
 from pruning.data import BatchLoader, Dataset
@@ -55,7 +49,14 @@ from pruning.onnx_export import (
 from pruning.registry import Registry
 from pruning.schedule import load as load_schedule
 from pruning.validate import require
-from trainables import tracking
+
+if TYPE_CHECKING:
+    import mlflow
+    from mlflow.models import ModelSignature
+
+# MLflow (and trainables.tracking, which imports it) is imported by the functions that use it:
+# search.config reads FLAVOURS and flavours() from here, and `prunetune search --dry-run` and a
+# config's errors should not pay the seconds MLflow takes to import.
 
 MODEL_NAME = "model"  # the pytorch flavour's LoggedModel, under the trial's run
 ONNX_NAME = "model_onnx"
@@ -91,6 +92,9 @@ def model_inputs(data: Dataset) -> CheckInputs:
 
 def signature(spec: ModelSpec) -> ModelSignature:
     """float32 (-1, 3, H, W) in, float32 (-1, classes) out; -1: any batch size."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
     f32 = np.dtype(np.float32)
     return ModelSignature(
         inputs=Schema([TensorSpec(f32, (-1, 3, spec.size, spec.size))]),
@@ -110,6 +114,8 @@ def _requirements(*packages: str) -> list[str]:
 def _save_pytorch(
     folder: Path, model: nn.Module, inputs: CheckInputs, meta: dict[str, str]
 ) -> None:
+    import mlflow.pytorch
+
     spec: ModelSpec = model.prunetune_spec  # type: ignore[assignment]
     mlflow.pytorch.save_model(
         model,
@@ -124,6 +130,7 @@ def _save_pytorch(
 
 
 def _save_onnx(folder: Path, model: nn.Module, inputs: CheckInputs, meta: dict[str, str]) -> None:
+    import mlflow.onnx
     import onnx
 
     spec: ModelSpec = model.prunetune_spec  # type: ignore[assignment]
@@ -224,6 +231,8 @@ def build(
 
 def _load_on_cpu(folder: Path) -> None:
     """pyfunc picks CUDA when it sees a GPU, where pt2 weights exported on the CPU cannot go."""
+    from mlflow.models import Model
+
     mlmodel = Model.load(str(folder))
     mlmodel.flavors["python_function"]["model_config"] = {"device": "cpu"}
     mlmodel.save(str(folder / "MLmodel"))
@@ -234,6 +243,10 @@ def upload(
 ) -> dict[str, str]:
     """Each built folder (by flavour) as a READY LoggedModel of the run, tagged `tags`, and the
     run tagged with their ids; returns flavour -> model id. Retried like every tracking call."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    from trainables import tracking
+
     client = tracking.client(uri)
     experiment = tracking._retry(lambda: client.get_run(run_id), "reading a run").info.experiment_id
     ids = {}
@@ -262,6 +275,8 @@ def upload(
 
 def _name_in(folder: Path, model_id: str, artifact_location: str, run_id: str) -> None:
     """The MLmodel file names the LoggedModel it is stored as, as mlflow's own log_model does."""
+    from mlflow.models import Model
+
     mlmodel = Model.load(str(folder))
     mlmodel.model_id = mlmodel.model_uuid = model_id
     mlmodel.artifact_path, mlmodel.run_id = artifact_location, run_id
@@ -314,6 +329,8 @@ def register(
 
     Raises RuntimeError when the server cannot be reached, IncompatibleModelError when `name`
     holds other models."""
+    from trainables import tracking
+
     check_name(name)
     try:
         tracking.check_reachable(uri)
@@ -353,6 +370,8 @@ def register(
 
 def _search_tags(uri: str, run_id: str) -> dict[str, str]:
     """The search the trial ran in: its MLflow experiment's name and parent run."""
+    from trainables import tracking
+
     client = tracking.client(uri)
     run = tracking._retry(lambda: client.get_run(run_id), "reading the trial's run")
     experiment = tracking._retry(
@@ -366,6 +385,8 @@ def _search_tags(uri: str, run_id: str) -> dict[str, str]:
 
 
 def _client(uri: str) -> mlflow.MlflowClient:
+    import mlflow
+
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -376,6 +397,8 @@ def _tracking_uri(uri: str) -> Iterator[None]:
     None, deletes) that variable, and is_tracking_uri_set() counts the variable too, so each is
     put back on its own: a URI that came from the variable is not pinned as the global, and the
     variable is not lost."""
+    import mlflow
+
     env = os.environ.get(ENV_URI)
     current = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     before = None if current == env else current  # None: the global was not set
@@ -391,6 +414,8 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 
 
 def _exists(client: mlflow.MlflowClient, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
     try:
         client.get_registered_model(name)
     except MlflowException as err:
@@ -403,6 +428,8 @@ def _exists(client: mlflow.MlflowClient, name: str) -> bool:
 def _check_compatible(client: mlflow.MlflowClient, uri: str, name: str, spec: ModelSpec) -> None:
     """Every version `name` already has is a prunetune model taking and giving what this one
     does; a name without versions takes any."""
+    from trainables import tracking
+
     ours = signature_text(spec)
     versions = tracking._retry(
         lambda: client.search_model_versions(f"name = '{name}'"), "reading the registered model"
@@ -423,6 +450,10 @@ def _check_compatible(client: mlflow.MlflowClient, uri: str, name: str, spec: Mo
 
 def _trial_model(uri: str, run_id: str, spec: ModelSpec) -> str | None:
     """The trial's READY logged `model` of this signature, or None (none was logged)."""
+    from mlflow.entities import LoggedModelStatus
+
+    from trainables import tracking
+
     run = tracking._retry(lambda: tracking.client(uri).get_run(run_id), "reading the trial's run")
     model_id = run.data.tags.get(MODEL_TAG)
     if not model_id:

@@ -26,8 +26,8 @@ from search.pareto import Pick, format_front, front, front_json, parse_pick, pic
 from search.progress import say
 from search.report.data import read_report_data
 from search.report.html import build_html
+from search.rungs import describe as describe_early_stopping
 from search.space import describe_space
-from search.stage_rungs import describe as describe_early_stopping
 from search.strategies import describe as describe_strategy
 from search.trials import (
     TrialRow,
