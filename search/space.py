@@ -84,10 +84,11 @@ def known_points(config: ExperimentConfig) -> list[dict[str, Any]]:
 def make_searcher(config: ExperimentConfig, storage_url: str) -> ConcurrencyLimiter:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from search.optuna_searcher import FinishedOnlyOptunaSearch
 
     points = known_points(config) or None
-    searcher = OptunaSearch(
+    searcher = FinishedOnlyOptunaSearch(
         metric=[o.metric for o in config.ranked_by],  # the config's objectives
         mode=[o.mode for o in config.ranked_by],
         points_to_evaluate=points,

@@ -80,3 +80,31 @@ def test_dry_run_shows_the_strategy_and_its_start_up(capsys) -> None:
     shown = yaml.safe_load(capsys.readouterr().out)["strategy"]
     assert shown.startswith("tpe: multi-objective TPE")
     assert "model-based after 3 start-up trials" in shown and "reference and points (1)" in shown
+
+
+def test_optuna_is_told_only_finished_trials_values(tmp_path: Path) -> None:
+    """A trial stopped at an earlier stage (its smaller speed-up's accuracy and compute) is
+    PRUNED, a failed one FAIL; only a completed last stage is a COMPLETE trial with values."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.space import param_space
+
+    config = config_from_dict(BASE | {"num_trials": 8})
+    limiter = make_searcher(config, f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert isinstance(limiter, ConcurrencyLimiter)
+    searcher = limiter.searcher
+    searcher.set_search_properties(None, None, param_space(config.space))
+    stage = {"val_acc": 0.9, "cost": 0.1, "train_tmacs": 0.1}
+    outcomes = {
+        "stopped": ({**stage, "completed": 0.0}, False),
+        "failed": ({**stage, "completed": 0.0}, True),
+        "failed_last": ({**stage, "completed": 1.0}, True),
+        "done": ({"val_acc": 0.55, "cost": 0.4, "train_tmacs": 0.4, "completed": 1.0}, False),
+    }
+    for trial_id, (result, error) in outcomes.items():
+        assert searcher.suggest(trial_id) is not None
+        searcher.on_trial_complete(trial_id, result, error)
+    told = {t.number: t for t in searcher._ot_study.get_trials()}
+    states = [told[i].state.name for i in range(4)]
+    assert states == ["PRUNED", "FAIL", "FAIL", "COMPLETE"]
+    assert told[3].values == [0.55, 0.4]
