@@ -253,10 +253,11 @@ def floor_cap(model: nn.Module, example: torch.Tensor, schedule: Schedule, prune
 
 
 def _schedule_prune(schedule: Schedule, example: torch.Tensor) -> Prune:
-    """An unpruned model's prune to a MACs speed-up with the schedule's settings."""
+    """An unpruned model's prune to a MACs speed-up with the settings of the schedule's last
+    stage (the one that lands)."""
 
     def prune(model: nn.Module, speedup: float) -> PruneReport:
-        return prune_to_speedup(model, example, speedup, **schedule.prune_options())
+        return prune_to_speedup(model, example, speedup, **schedule.prune_options(-1))
 
     return prune
 

@@ -112,7 +112,7 @@ def replay_model(
 def check_teacher(schedule: Schedule, checkpoint: str | None) -> None:
     """A distilling schedule learns from the unpruned baseline; a random-init model (no
     checkpoint) is no teacher. Checked before anything is loaded or run."""
-    if schedule.distill is not None and not checkpoint:
+    if schedule.distills and not checkpoint:
         require(
             False,
             "distill",

@@ -2,9 +2,11 @@
 BatchNorm -> evaluate -> fine-tune -> evaluate. Plain PyTorch: the Ray trainable and
 `prunetune replay` both call this. Compute is counted as pruning.compute says.
 
-A schedule that distills (schedule.distill) fine-tunes against a frozen copy of the unpruned
-model taken before anything trains or prunes it; a run continued from a stage checkpoint is
-handed that baseline again as `teacher`."""
+A schedule that distills (schedule.distills: the schedule's distill, or a stage's own
+distill_alpha) fine-tunes those stages against a frozen copy of the unpruned model taken before
+anything trains or prunes it; a run continued from a stage checkpoint is handed that baseline
+again as `teacher`. Each stage prunes with its own importance where it sets one
+(Schedule.prune_options(stage))."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pruning.data import Dataset
 from pruning.latency import Latency, LatencySettings, Timer
 from pruning.latency_target import Landing, LatencyTarget, check_measured, land_model
 from pruning.prune import PruneReport, count_macs_params, prune_to_speedup, sparsity_regularizer
-from pruning.schedule import Schedule, Stage
+from pruning.schedule import Schedule
 from pruning.train import FitResult, fit, train_loader, validate
 
 
@@ -102,16 +104,19 @@ def _teacher(
     teacher: nn.Module | None,
     example: torch.Tensor,
 ) -> nn.Module | None:
-    """The frozen unpruned model a distilling schedule learns from (None when it does not
-    distill): `teacher` when given, else a copy of `model` before it trains or prunes. A run
-    continued after stage `state.done` > 0 has no unpruned model left to copy."""
-    if schedule.distill is None:
+    """The frozen unpruned model a distilling schedule learns from (None when none of the
+    stages left to run distills): `teacher` when given, else a copy of `model` before it
+    trains or prunes. A run continued after stage `state.done` > 0 has no unpruned model left
+    to copy."""
+    left = [schedule.distill_at(i) for i in range(state.done, len(schedule.stages))]
+    if not any(left):
         return None
     if teacher is None:
         if state.done > 0:
             raise ValueError(
-                f"distill={schedule.distill} needs the unpruned baseline as teacher: a run "
-                f"continued after stage {state.done} must be given it (run_schedule(teacher=...))"
+                f"distill={next(d for d in left if d)} needs the unpruned baseline as teacher: "
+                f"a run continued after stage {state.done} must be given it "
+                "(run_schedule(teacher=...))"
             )
         teacher = copy.deepcopy(model)
     teacher.eval().requires_grad_(False)
@@ -151,16 +156,22 @@ def _sparse_phase(
 
 
 def _prune(
-    model: nn.Module, schedule: Schedule, speedup: float, state: RunState, example: torch.Tensor
+    model: nn.Module,
+    schedule: Schedule,
+    index: int,
+    speedup: float,
+    state: RunState,
+    example: torch.Tensor,
 ) -> PruneReport:
-    """Prune in place (on the CPU) to `speedup` vs. the unpruned model the state remembers."""
+    """Prune in place (on the CPU) to `speedup` vs. the unpruned model the state remembers,
+    as stage `index` (0-based) prunes."""
     report = prune_to_speedup(
         model.cpu(),
         example.cpu(),
         speedup,
         base_macs=state.base_macs,
         original_widths=state.original_widths,
-        **schedule.prune_options(),
+        **schedule.prune_options(index),
     )
     state.base_macs, state.original_widths = report.base_macs, report.original_widths
     return report
@@ -170,14 +181,15 @@ def _fine_tune(
     model: nn.Module,
     data: Dataset,
     schedule: Schedule,
-    stage: Stage,
+    index: int,
     seed: int,
     device: torch.device,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
     teacher: nn.Module | None = None,
 ) -> FitResult:
-    """The stage's fine-tune (0 epochs: nothing), distilled from `teacher` when the schedule
-    says so."""
+    """Stage `index`'s fine-tune (0 epochs: nothing), distilled from `teacher` when given (the
+    caller gives it only to a stage that distills)."""
+    stage = schedule.stages[index]
     return fit(
         model,
         train_loader(data, schedule.training.batch_size, seed),
@@ -187,7 +199,7 @@ def _fine_tune(
         training=schedule.training,
         device=device,
         on_epoch=on_epoch,
-        distill=schedule.distill if teacher is not None else None,
+        distill=schedule.distill_at(index) if teacher is not None else None,
         teacher=teacher,
     )
 
@@ -297,12 +309,13 @@ def _run_stage(
     last = index + 1 == len(schedule.stages)
     landing = land(model) if land is not None and last else None  # probes keep the RNG as is
     speedup = landing.macs_speedup if landing else stage.speedup
-    pruned = _prune(model, schedule, speedup, state, example)
+    pruned = _prune(model, schedule, index, speedup, state, example)
     latency = measure(model) if measure is not None else None  # no RNG: the path is unchanged
     acc_after_prune, _ = validate(model, data, device)
     recal_images = _recalibrate(model, data, schedule, stage_seed, device)
     acc_after_recal = validate(model, data, device)[0] if recal_images else acc_after_prune
-    fitted = _fine_tune(model, data, schedule, stage, stage_seed, device, on_epoch, teacher)
+    teacher = teacher if schedule.distill_at(index) is not None else None  # this stage's
+    fitted = _fine_tune(model, data, schedule, index, stage_seed, device, on_epoch, teacher)
     acc, loss = validate(model, data, device)
     teacher_macs = state.teacher_macs if teacher is not None else 0
     tmacs = finetune_tmacs(pruned.macs, fitted.images, teacher_macs, recal_images)
@@ -401,7 +414,7 @@ def _lander(
             model,
             target,
             schedule,
-            prune=lambda m, s: _prune(m, schedule, s, state, example),
+            prune=lambda m, s: _prune(m, schedule, len(schedule.stages) - 1, s, state, example),
             latency=settings,
             example=example,
             device=device,

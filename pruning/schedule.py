@@ -6,7 +6,7 @@ A schedule file is the export format of a search and the input of `prunetune rep
     version: 2
     schedule: {target_speedup, importance, ranking, min_channels, min_channel_ratio,
                sparse, training, distill, bn_recalibration_batches, round_to,
-               stages: [{speedup, epochs, lr, lr_schedule}, ...]}
+               stages: [{speedup, epochs, lr, lr_schedule[, importance][, distill_alpha]}, ...]}
     run: {model: {arch, width, num_classes}, data: {...}, seed, checkpoint,
           checkpoint_sha256, threads}       # optional: where it ran (pruning.run_info.RunInfo)
 
@@ -14,6 +14,9 @@ Every key of every section is checked; an unknown one is an error with a did-you
 files (the same, with an untyped `run` section of absolute or working-directory paths) are
 migrated on read. `distill` is optional (null: plain cross-entropy), so files written before it
 existed read as schedules without distillation; `round_to` likewise (absent: 1, any width).
+A stage's `importance` and `distill_alpha` are optional overrides of the schedule's (a PBT
+lineage's stages after an exploit, trainables/lineage.py); they are written only when set, so
+files without them read and write back unchanged.
 
 Speed-ups are MACs ratios against the unpruned model and are cumulative: a stage's `speedup` is
 what the model reaches at the end of that stage.
@@ -58,12 +61,21 @@ class Stage:
     epochs: int  # fine-tune epochs after pruning; 0 = prune only
     lr: float = 0.01
     lr_schedule: str = "cosine"
+    # Overrides of the schedule's settings for this stage; None: the schedule's. importance: how
+    # this stage's prune ranks channels; distill_alpha: this stage's fine-tune weight of the
+    # teacher's term at the schedule's distill.temperature (0: plain cross-entropy).
+    importance: str | None = None
+    distill_alpha: float | None = None
 
     def __post_init__(self) -> None:
         number_in("stage.speedup", self.speedup, 1.0, MAX_SPEEDUP)
         positive_int("stage.epochs", self.epochs)
         number_in("stage.lr", self.lr, 0.0, 10.0)
         LR_SCHEDULES.check("stage.lr_schedule", self.lr_schedule)
+        if self.importance is not None:
+            IMPORTANCES.check("stage.importance", self.importance)
+        if self.distill_alpha is not None:
+            number_in("stage.distill_alpha", self.distill_alpha, 0.0, 1.0, low_open=False)
 
 
 @dataclass(frozen=True)
@@ -157,6 +169,7 @@ class Schedule:
             self.distill,
             "it must be null or a Distill (alpha, temperature)",
         )
+        self._check_stage_distill()
         self._check_landing()
 
     def _check_settings(self) -> None:
@@ -191,6 +204,19 @@ class Schedule:
                 f"speed-ups are cumulative and must increase (stage {i - 1} reaches {prev})",
             )
 
+    def _check_stage_distill(self) -> None:
+        """A stage that distills takes the schedule's temperature, so the schedule needs one."""
+        if self.distill is not None:
+            return
+        for i, stage in enumerate(self.stages):
+            require(
+                not stage.distill_alpha,
+                f"stages[{i}].distill_alpha",
+                stage.distill_alpha,
+                "a distilling stage uses the schedule's distill.temperature: set the schedule's "
+                "distill (alpha, temperature), or give this stage 0 or null",
+            )
+
     def _check_landing(self) -> None:
         """The last stage ends on the target, and the floor alone does not keep it from landing."""
         last = self.stages[-1].speedup
@@ -214,10 +240,27 @@ class Schedule:
         sparse = self.sparse.epochs if self.sparse else 0
         return sparse + sum(s.epochs for s in self.stages)
 
-    def prune_options(self) -> dict[str, Any]:
-        """How every stage of this schedule prunes: prune_to_speedup's keyword arguments."""
+    def importance_at(self, stage: int) -> str:
+        """The importance stage `stage` (an index into stages) prunes with."""
+        return self.stages[stage].importance or self.importance
+
+    def distill_at(self, stage: int) -> Distill | None:
+        """How stage `stage` (an index into stages) fine-tunes: None is plain cross-entropy."""
+        alpha = self.stages[stage].distill_alpha
+        if alpha is None or self.distill is None:
+            return self.distill  # the schedule's (a set alpha needs a distill: __post_init__)
+        return dataclasses.replace(self.distill, alpha=alpha) if alpha > 0 else None
+
+    @property
+    def distills(self) -> bool:
+        """Whether any stage fine-tunes against the teacher (the unpruned baseline)."""
+        return any(self.distill_at(i) is not None for i in range(len(self.stages)))
+
+    def prune_options(self, stage: int | None = None) -> dict[str, Any]:
+        """How stage `stage` (an index into stages; None: the schedule's settings) prunes:
+        prune_to_speedup's keyword arguments."""
         return {
-            "importance": self.importance,
+            "importance": self.importance if stage is None else self.importance_at(stage),
             "ranking": self.ranking,
             "min_channels": self.min_channels,
             "min_channel_ratio": self.min_channel_ratio,
@@ -225,11 +268,21 @@ class Schedule:
         }
 
     def summary(self) -> str:
-        steps = " -> ".join(f"{s.speedup:.3g}x/{s.epochs}ep@{s.lr:g}" for s in self.stages)
+        steps = " -> ".join(
+            f"{s.speedup:.3g}x/{s.epochs}ep@{s.lr:g}{_overrides(s)}" for s in self.stages
+        )
         sparse = f"sparse {self.sparse.epochs}ep, " if self.sparse else ""
         kd = f", KD a={self.distill.alpha:g} T={self.distill.temperature:g}" if self.distill else ""
         rounded = f", round_to {self.round_to}" if self.round_to != ROUND_TO else ""
         return f"{self.importance}/{self.ranking}, {sparse}{steps}{kd}{rounded}"
+
+
+def _overrides(stage: Stage) -> str:
+    """A stage's overrides in a summary: "[lamp, KD a=0.5]", "[no KD]"; "" when none."""
+    parts = [stage.importance] if stage.importance else []
+    if stage.distill_alpha is not None:
+        parts.append(f"KD a={stage.distill_alpha:g}" if stage.distill_alpha else "no KD")
+    return f"[{', '.join(parts)}]" if parts else ""
 
 
 # ---------------------------------------------------------------- builders
@@ -284,8 +337,15 @@ def geometric(
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
-    return dataclasses.asdict(schedule) | {
-        "stages": [dataclasses.asdict(s) for s in schedule.stages]
+    """The `schedule` section; a stage's overrides only where set (files without stay as
+    they were)."""
+    return dataclasses.asdict(schedule) | {"stages": [_stage_to_dict(s) for s in schedule.stages]}
+
+
+def _stage_to_dict(stage: Stage) -> dict[str, Any]:
+    overrides = ("importance", "distill_alpha")
+    return {
+        k: v for k, v in dataclasses.asdict(stage).items() if v is not None or k not in overrides
     }
 
 

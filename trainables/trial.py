@@ -149,7 +149,8 @@ def run_trial(
         run.log_params(flat_params(schedule, point) | model_params(context.model))
         model = restored[0] if restored else baseline_model
         # The teacher is the baseline itself, also when the trial continues from a checkpoint.
-        teacher = _baseline_model(context, baseline, data)[0] if schedule.distill else None
+        # Any stage may distill (a PBT lineage's stage after an exploit: Schedule.distills).
+        teacher = _baseline_model(context, baseline, data)[0] if schedule.distills else None
         # the logged model's input example and normalisation
         inputs = mlflow_models.model_inputs(data) if context.model_flavours else None
         on_stage = _StageReporter(

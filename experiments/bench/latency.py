@@ -61,14 +61,14 @@ def repruned(folder: Path, baseline: Path, round_to: int) -> torch.nn.Module:
     model.eval()
     example = example_input(model.prunetune_spec)
     first = None
-    for stage in schedule.stages:
+    for index, stage in enumerate(schedule.stages):
         report = prune_to_speedup(
             model,
             example,
             stage.speedup,
             base_macs=first and first.base_macs,
             original_widths=first and first.original_widths,
-            **(schedule.prune_options() | {"round_to": round_to}),
+            **(schedule.prune_options(index) | {"round_to": round_to}),
         )
         first = first or report
     return model.eval()
