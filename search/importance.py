@@ -12,10 +12,11 @@ The parameters are the search's flat trial-config keys (`lr_0`, `split_1`, `impo
 per-stage keys a trial with fewer stages ignores are drawn all the same, and rank low).
 
 Under strategy pbt a finished trial's config is only its last perturbation: the stages it
-inherited ran with its donors' parameters. There the per-stage parameters are the lineage's
-stages as they ran (`stage_1.speedup`, `stage_1.epochs`, `stage_1.lr`, ...; the last stage's
-speed-up is the target, so not a parameter), read from the trial's last checkpoint, beside the
-keys that stay fixed per lineage (importance, floor, distillation, ...).
+inherited ran with its donors' parameters. There the perturbed parameters are the lineage's
+stages as they ran (`stage_1.speedup`, `stage_1.epochs`, `stage_1.lr`, `stage_1.importance`,
+`stage_1.distill_alpha`, ...; the last stage's speed-up is the target, so not a parameter),
+read from the trial's last checkpoint, beside the keys that stay fixed per lineage (ranking,
+floor, round_to, distill_temperature, ...).
 """
 
 from __future__ import annotations
@@ -92,30 +93,45 @@ def distributions(space: SpaceConfig) -> dict[str, BaseDistribution]:
 
 def lineage_distributions(space: SpaceConfig, target: float) -> dict[str, BaseDistribution]:
     """A PBT search's dimensions: the keys fixed per lineage as drawn, and each stage as it ran
-    (module docstring) in place of the per-stage draws PBT perturbs."""
+    (module docstring) in place of the draws PBT perturbs (a choice with one value is no
+    dimension: what_mattered leaves it out)."""
     perturbed = {k for k, dim in keyed_dimensions(space.max_stages) if dim.name in PERTURBED}
     fixed = {
         k: d for k, d in distributions(space).items() if k != "n_stages" and k not in perturbed
     }
     epochs = FloatDistribution(0.0, float(max(space.total_epochs)))
     lr = FloatDistribution(space.lr_min, space.lr_max, log=True)
+    importance = CategoricalDistribution(tuple(space.importances))
+    alpha = CategoricalDistribution(tuple(space.distill_alphas))
     stages: dict[str, BaseDistribution] = {}
     for i in range(1, space.max_stages + 1):
         if i < space.max_stages:
             stages[f"stage_{i}.speedup"] = FloatDistribution(1.0, target, log=True)
         stages |= {f"stage_{i}.epochs": epochs, f"stage_{i}.lr": lr}
+        stages |= {f"stage_{i}.importance": importance, f"stage_{i}.distill_alpha": alpha}
     return fixed | stages
 
 
-def ran_params(schedule: Schedule, dists: Mapping[str, BaseDistribution]) -> dict[str, float]:
-    """A lineage's stages as they ran, as lineage_distributions' keys (clamped into their
-    ranges: a speed-up landed a hair past the target, an lr at the range's float edge)."""
-    params: dict[str, float] = {}
+def ran_params(schedule: Schedule, dists: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+    """A lineage's stages as they ran, as lineage_distributions' keys (numbers clamped into
+    their ranges: a speed-up landed a hair past the target, an lr at the range's float edge;
+    a stage's importance and distillation weight its own override, else the schedule's)."""
+    params: dict[str, Any] = {}
     for i, stage in enumerate(schedule.stages, start=1):
-        for name, value in (("speedup", stage.speedup), ("epochs", stage.epochs), ("lr", stage.lr)):
+        kd = schedule.distill_at(i - 1)
+        ran = {
+            "speedup": stage.speedup,
+            "epochs": stage.epochs,
+            "lr": stage.lr,
+            "importance": schedule.importance_at(i - 1),
+            "distill_alpha": kd.alpha if kd else 0.0,
+        }
+        for name, value in ran.items():
             dist = dists.get(f"stage_{i}.{name}")
             if isinstance(dist, FloatDistribution):
                 params[f"stage_{i}.{name}"] = min(max(float(value), dist.low), dist.high)
+            elif isinstance(dist, CategoricalDistribution) and value in dist.choices:
+                params[f"stage_{i}.{name}"] = value
     return params
 
 

@@ -7,11 +7,15 @@ intervals.
 - Synchronous PBT: at each boundary all trials pause; those in the bottom
   `pbt.quantile_fraction` by val acc take a top trial's stage checkpoint (pruned structure,
   weights, run state and lineage) and a perturbed copy of its config, then every trial goes on.
-- PBT perturbs only the per-stage keys split_<i>, epochs_<i>, lr_<i> (by a factor of
+- PBT perturbs the per-stage keys split_<i>, epochs_<i>, lr_<i> (by a factor of
   `pbt.perturbation_factors`, or resampled with `pbt.resample_probability`), each clamped back
-  into its range in the space. What they mean after stage k, so that every trial still lands
-  on the target within its budget, is trainables/lineage.py's continue_schedule. The other
-  keys (importance, distillation, total_epochs, ...) stay the donor's: fixed per lineage.
+  into its range in the space, and `importance` and `distill_alpha` where the space offers
+  more than one choice (Ray's PBT shifts a list's value to a neighbour, or resamples it with
+  the same probability). What they mean after stage k, so that every trial still lands on the
+  target within its budget, is trainables/lineage.py's continue_schedule: the stages still to
+  run take the perturbed importance and distillation weight as their own. The other keys
+  (ranking, floors, round_to, distill_temperature, total_epochs, ...) stay the donor's: fixed
+  per lineage.
 - The initial population is drawn at random (Ray's BasicVariantGenerator, seeded), the
   config's `points` first; PBT's own choices (donors, perturbations) come from a random
   stream of the scheduler's own, seeded by the search's seed (SeededPBT).
@@ -48,22 +52,28 @@ def population_space(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def mutations(space: SpaceConfig) -> dict[str, Any]:
-    """PBT's hyperparam_mutations: the per-stage keys, as Tune domains of their range."""
+    """PBT's hyperparam_mutations: the per-stage keys, as Tune domains of their range, and
+    the choices with more than one value, as the list of them (a list, not a Tune choice:
+    Ray's PBT would multiply a choice's value by a factor)."""
     domains = param_space(space)
-    return {
-        key: domains[key]
-        for key, dim in keyed_dimensions(space.max_stages)
-        if dim.name in PERTURBED
-    }
+    perturbed: dict[str, Any] = {}
+    for key, dim in keyed_dimensions(space.max_stages):
+        if dim.name not in PERTURBED:
+            continue
+        if dim.kind != "choice":
+            perturbed[key] = domains[key]
+        elif len(choices := list(dim.domain(space))) > 1:
+            perturbed[key] = choices
+    return perturbed
 
 
 def clamp(space: SpaceConfig):  # -> Callable[[dict], dict]
-    """PBT's custom_explore_fn: each perturbed value back into its range (a factor of 1.2 on
-    a share of 1.0, or on the largest lr, would leave the space)."""
+    """PBT's custom_explore_fn: each perturbed number back into its range (a factor of 1.2 on
+    a share of 1.0, or on the largest lr, would leave the space); a choice is always one."""
     ranges = {
         key: dim.domain(space)
         for key, dim in keyed_dimensions(space.max_stages)
-        if dim.name in PERTURBED
+        if dim.name in PERTURBED and dim.kind != "choice"
     }
 
     def explore(config: dict[str, Any]) -> dict[str, Any]:

@@ -67,7 +67,8 @@ def test_a_pbt_lineage_counts_with_the_stages_it_ran_not_its_last_perturbation()
     ).space
     dists = lineage_distributions(space, 8.84)
     assert "lr_0" not in dists and "split_0" not in dists and "n_stages" not in dists
-    assert {"stage_1.speedup", "stage_1.lr", "stage_2.epochs", "importance"} <= set(dists)
+    assert {"stage_1.speedup", "stage_1.lr", "stage_2.epochs", "stage_2.importance"} <= set(dists)
+    assert "importance" not in dists  # perturbed: the stages' importances as they ran
     assert "stage_2.speedup" not in dists  # the target, always
     rng, results = random.Random(0), []
     for i in range(30):
@@ -90,3 +91,21 @@ def test_a_pbt_lineage_counts_with_the_stages_it_ran_not_its_last_perturbation()
     )
     result = what_mattered(points, dists)
     assert result.top[0].name == "stage_1.lr"
+
+
+def test_a_pbt_lineage_reads_each_stages_importance_and_distillation_as_it_ran() -> None:
+    from pruning.schedule import Distill, Schedule, Stage
+    from search.importance import lineage_distributions, ran_params
+
+    space = config_from_dict(
+        {
+            "name": "t",
+            "data": {"name": "synthetic"},
+            "space": {"max_stages": 2, "distill_alphas": [0.0, 0.5]},
+        }
+    ).space
+    dists = lineage_distributions(space, 4.0)
+    stages = (Stage(2.0, 1, distill_alpha=0.0), Stage(4.0, 1, importance="lamp"))
+    ran = ran_params(Schedule(4.0, stages, distill=Distill(0.5)), dists)
+    assert (ran["stage_1.importance"], ran["stage_2.importance"]) == ("group_norm", "lamp")
+    assert (ran["stage_1.distill_alpha"], ran["stage_2.distill_alpha"]) == (0.0, 0.5)

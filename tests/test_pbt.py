@@ -13,7 +13,7 @@ import torch
 import yaml
 from support.experiment import tiny_experiment
 
-from pruning.schedule import Training
+from pruning.schedule import Distill, Training
 from search.accounting import spent
 from search.callbacks import AnytimeCurve
 from search.config import config_from_dict
@@ -31,16 +31,18 @@ PBT = BASE | {
 }
 
 
-def _point(split, epochs, lr, total: int = 6) -> TrialPoint:
+def _point(
+    split, epochs, lr, total: int = 6, importance: str = "group_norm", alpha: float = 0.5
+) -> TrialPoint:
     return TrialPoint(
         n_stages=len(split),
         total_epochs=total,
         lr_schedule="cosine",
-        importance="group_norm",
+        importance=importance,
         ranking="global",
         min_channel_ratio=0.1,
         sparse_epochs=0,
-        distill_alpha=0.5,
+        distill_alpha=alpha,
         distill_temperature=4.0,
         round_to=1,
         split=tuple(split),
@@ -86,17 +88,60 @@ def test_a_lineage_that_spent_its_budget_continues_with_zero_epochs_and_refuses_
         continue_schedule(_point((1.0, 1.0), (1.0, 1.0), (0.01, 0.01), total=2), ran, 1)
 
 
-def test_explore_perturbs_only_per_stage_keys_and_clamps_them_into_the_space() -> None:
-    config = config_from_dict(PBT)
-    keys = set(mutations(config.space))
-    assert keys == {f"{d}_{i}" for d in ("split", "epochs", "lr") for i in range(3)}
+def test_a_continued_lineage_takes_the_perturbed_importance_and_distillation_for_the_rest() -> None:
+    ran = _point((1.0, 1.0, 1.0), (1.0,) * 3, (0.01,) * 3).schedule(8.0, Training(), 5e-4)
+    lamp = continue_schedule(_point((1.0,) * 3, (1.0,) * 3, (0.01,) * 3, importance="lamp"), ran, 1)
+    assert lamp.stages[:1] == ran.stages[:1] and lamp.importance == "group_norm"
+    assert [lamp.importance_at(i) for i in range(3)] == ["group_norm", "lamp", "lamp"]
+    assert [s.distill_alpha for s in lamp.stages] == [None] * 3  # the lineage's 0.5 throughout
+    # a second exploit keeps the first's stage override; the point's own is the schedule's
+    back = continue_schedule(_point((1.0,) * 3, (1.0,) * 3, (0.01,) * 3, alpha=0.0), lamp, 2)
+    assert back.stages[:2] == lamp.stages[:2]
+    assert [back.importance_at(i) for i in range(3)] == ["group_norm", "lamp", "group_norm"]
+    assert [back.distill_at(i) for i in range(3)] == [ran.distill, ran.distill, None]
+
+
+def test_a_lineage_that_starts_distilling_takes_the_points_temperature() -> None:
+    plain = _point((1.0,) * 2, (1.0,) * 2, (0.01,) * 2, alpha=0.0).schedule(4.0, Training(), 0)
+    assert plain.distill is None
+    kd = continue_schedule(_point((1.0,) * 2, (1.0,) * 2, (0.01,) * 2, alpha=0.5), plain, 1)
+    assert kd.distill == Distill(0.5, 4.0)
+    assert [s.distill_alpha for s in kd.stages] == [0.0, None]  # stage 1 ran on plain CE
+    assert [kd.distill_at(i) for i in (0, 1)] == [None, Distill(0.5, 4.0)] and kd.distills
+
+
+def test_explore_perturbs_the_per_stage_keys_and_choices_and_clamps_numbers() -> None:
+    config = config_from_dict(PBT)  # importances: two choices, distill_alphas: one
+    found = mutations(config.space)
+    keys = {f"{d}_{i}" for d in ("split", "epochs", "lr") for i in range(3)}
+    assert set(found) == keys | {"importance"}
+    assert found["importance"] == list(config.space.importances)  # a list: Ray shifts it
     explore = clamp(config.space)
     out = explore(
         {"split_0": 1.2, "epochs_1": 0.16, "lr_2": 0.06, "importance": "taylor"}
         | {k: 0.5 for k in keys - {"split_0", "epochs_1", "lr_2"}}
     )
     assert out["split_0"] == 1.0 and out["epochs_1"] == 0.2 and out["lr_2"] == 0.05
-    assert out["importance"] == "taylor"  # untouched
+    assert out["importance"] == "taylor"  # a choice: not clamped
+    kd = config_from_dict(PBT | {"space": PBT["space"] | {"distill_alphas": [0.0, 0.5]}})
+    assert mutations(kd.space)["distill_alpha"] == [0.0, 0.5]
+
+
+def test_ray_explores_a_choice_within_its_choices() -> None:
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    config = config_from_dict(PBT | {"space": PBT["space"] | {"distill_alphas": [0.0, 0.5]}})
+    found = mutations(config.space)
+    donor = {k: 0.5 for k in found} | {"importance": "lamp", "distill_alpha": 0.0}
+    random.seed(3)
+    seen = {
+        (c["importance"], c["distill_alpha"])
+        for c in (_explore(donor, found, 0.25, (0.8, 1.2), clamp(config.space))[0]
+                  for _ in range(40))
+    }  # fmt: skip
+    assert {i for i, _ in seen} == {"group_norm", "lamp"} and {a for _, a in seen} == {0.0, 0.5}
 
 
 def test_pbt_draws_from_its_own_seeded_stream_whatever_else_draws_from_random() -> None:

@@ -12,11 +12,18 @@ and the exploits on the way. The trial then runs the rest with `continue_schedul
   the done stage's and the target, and the last lands exactly on the target;
 - they split the epochs still in the budget (the config's `total_epochs`, which PBT copies from
   the donor and never perturbs, minus the epochs the lineage spent) by `epochs_<i>`;
-- each fine-tunes at its `lr_<i>`.
+- each fine-tunes at its `lr_<i>`;
+- each prunes with the config's `importance` and distills with its `distill_alpha` (PBT
+  perturbs both where the space offers more than one choice): written as the stage's own
+  overrides (pruning.schedule.Stage) where they differ from the schedule's, which stay the
+  lineage's first stage's, so the inherited stages keep theirs. A lineage that did not distill
+  and now does takes the config's distill_temperature as the schedule's, and its inherited
+  stages say distill_alpha 0.
 
-Importance, ranking, floors, round_to, sparse training and distillation are fixed per lineage
-at its first stage: a schedule has one of each, so the exported lineage replays as one schedule
-file. PBT perturbs only the per-stage keys (search.pbt.mutations).
+Ranking, floors, round_to, sparse training, the distillation temperature and lr_schedule stay
+fixed per lineage at its first stage (a schedule file has one of each, and a floor or round_to
+changed midway would not describe one pruned structure), so the exported lineage replays as one
+schedule file. PBT perturbs only PERTURBED (search.pbt.mutations).
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from pruning.schedule import Schedule, Stage, schedule_from_dict, schedule_to_di
 from trainables.point import TrialPoint, split_epochs, split_speedups
 
 LINEAGE_FILE = "lineage.json"
-# The per-stage dimensions PBT perturbs (search.pbt.mutations) and continue_schedule re-plans.
-PERTURBED = ("split", "epochs", "lr")
+# The dimensions PBT perturbs (search.pbt.mutations) and continue_schedule re-plans: the
+# per-stage shares and lr, and the choices a stage may override (pruning.schedule.Stage).
+PERTURBED = ("split", "epochs", "lr", "importance", "distill_alpha")
 # Every trial run reports (for search.accounting, which imports no Ray): the cost (the cost
 # objective's metric) of the checkpoint it started from, counted where it was computed, and an
 # id of the run (one attempt of a trial). They are the same for every strategy.
@@ -94,7 +102,8 @@ def load_lineage(folder: Path) -> Lineage | None:
 
 def continue_schedule(point: TrialPoint, ran: Schedule, done: int) -> Schedule:
     """`ran`'s first `done` stages, then the rest of `point`'s n_stages stages re-planned from
-    where they left off (module docstring); the lineage's settings are `ran`'s."""
+    where they left off, with point's importance and distill_alpha (module docstring); the
+    lineage's other settings are `ran`'s."""
     n = point.n_stages
     if not 0 < done < n:
         raise ValueError(f"a lineage continues after stage 1..{n - 1} of {n}; done={done}")
@@ -111,8 +120,30 @@ def continue_schedule(point: TrialPoint, ran: Schedule, done: int) -> Schedule:
         )
     epochs = split_epochs(left, list(point.epochs[done:n]))
     schedule_of = inherited[0].lr_schedule
+    ran, inherited = _with_distill(ran, inherited, point)
+    importance = point.importance if point.importance != ran.importance else None
+    alpha = point.distill_alpha if point.distill_alpha != _alpha(ran) else None
     rest = tuple(
-        Stage(s, e, lr, schedule_of)
+        Stage(s, e, lr, schedule_of, importance, alpha)
         for s, e, lr in zip(speedups, epochs, point.lr[done:n], strict=True)
     )
     return dataclasses.replace(ran, stages=inherited + rest)
+
+
+def _alpha(schedule: Schedule) -> float:
+    return schedule.distill.alpha if schedule.distill else 0.0
+
+
+def _with_distill(
+    ran: Schedule, inherited: tuple[Stage, ...], point: TrialPoint
+) -> tuple[Schedule, tuple[Stage, ...]]:
+    """A lineage that did not distill, continued by a point that does: the point's
+    distillation becomes the schedule's (its temperature is needed), and the inherited stages,
+    which ran on plain cross-entropy, say distill_alpha 0 where they set nothing."""
+    if ran.distill is not None or point.distill() is None:
+        return ran, inherited
+    plain = tuple(
+        s if s.distill_alpha is not None else dataclasses.replace(s, distill_alpha=0.0)
+        for s in inherited
+    )
+    return dataclasses.replace(ran, distill=point.distill()), plain
