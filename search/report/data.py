@@ -222,6 +222,8 @@ def _chosen_plots(
         layers = layer_data(schedule_file, widths_file)
         schedule, _ = schedule_io.load(schedule_file)
     floor = f"max({schedule.min_channels}, ceil({schedule.min_channel_ratio:g} \u00d7 original))"
+    # the importances its stages pruned with (a PBT lineage: "group_norm, lamp")
+    importances = ", ".join(dict.fromkeys(map(schedule.importance_at, range(len(schedule.stages)))))
     plot_widths(
         layers.kept,
         layers.original,
@@ -229,7 +231,7 @@ def _chosen_plots(
         folder / FILES["widths"],
         f"{layers.model}: channels kept per layer, trial {chosen.trial_id} at "
         f"{chosen.speedup:.2f}x MACs speed-up\n"
-        f"{schedule.importance} importance, {schedule.ranking} ranking, floor {floor}",
+        f"{importances} importance, {schedule.ranking} ranking, floor {floor}",
         groups=layers.groups,
     )
     summary = "\n".join(textwrap.wrap(chosen.schedule, 90))
