@@ -42,6 +42,7 @@ from pruning.run_info import RunInfo
 from pruning.validate import positive_int
 
 INSTALL_HINT = "pip install 'prunetune[onnx]'"
+ONNX_FILE = "model.onnx"  # what the commands write beside the pruned model
 # onnxscript: torch's exporter translates to ONNX with it; onnxruntime: the verification
 _EXTRA_MODULES = ("onnx", "onnxscript", "onnxruntime")
 INPUT_NAME = "images"
@@ -157,7 +158,8 @@ def check_inputs(run: RunInfo | None, spec: ModelSpec, count: int = CHECK_IMAGES
     the run names no data or its data cannot be read."""
     positive_int("count", count, minimum=1)
     if run is None or run.data is None:
-        return _random_inputs(spec, count, "the schedule file records no data (run.data)")
+        # a schedule file without run.data, or `prunetune prune` without --data
+        return _random_inputs(spec, count, "no data was given (run.data, or prune's --data)")
     try:
         data = load_dataset(run.data)
     except (OSError, ValueError, RuntimeError) as err:  # missing/damaged files, bad split

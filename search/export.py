@@ -10,12 +10,11 @@ from typing import Any
 
 from pruning import schedule as schedule_io
 from pruning.models import load_pruned, save_pruned
-from pruning.onnx_export import OnnxExport, OnnxVerificationError, export_pruned
+from pruning.onnx_export import ONNX_FILE, OnnxExport, OnnxVerificationError, export_pruned
 from search.trials import TrialRow
 from trainables import mlflow_models, tracking
 
 FILES = ("schedule.yaml", "pruned.pt", "widths.json", "metrics.json")  # from the trial's final/
-ONNX_FILE = "model.onnx"  # with --onnx; kept as model.failed.onnx when its verification fails
 
 
 def export_trial(uri: str, row: TrialRow, out: Path, how: str) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def test_without_readable_data_the_check_uses_random_inputs_and_says_so(tmp_path
     assert inputs.images.shape == (256, 3, 32, 32) and inputs.mean is None
     assert "could not be read" in inputs.note and "random inputs" in inputs.note
     assert "unknown" in ox.model_metadata(spec, inputs)["normalization"]
-    assert "records no data" in ox.check_inputs(None, spec).note
+    assert "no data was given" in ox.check_inputs(None, spec).note
 
 
 def test_missing_extra_is_named_before_any_export_work(tmp_path, monkeypatch, capsys) -> None:
@@ -139,3 +139,79 @@ def test_missing_extra_is_named_before_any_export_work(tmp_path, monkeypatch, ca
     assert "pip install 'prunetune[onnx]'" in err and "onnxruntime" in err
     assert "--mlflow-uri" not in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("with_data", [True, False], ids=["data", "no-data"])
+def test_prune_onnx_writes_a_verified_file_beside_the_pruned_model(
+    tmp_path, capsys, with_data
+) -> None:
+    """`prunetune prune --onnx`: model.onnx beside --out, checked as export checks it, on the val
+    images of --data, else on seeded random inputs (said, and no normalisation stated)."""
+    out = tmp_path / "pruned" / "pruned.pt"
+    argv = ["prune", "--speedup", "2", "--width", "0.125", "--out", str(out), "--onnx"]
+    argv += ["--device", "cpu", "--no-latency", "--json"]
+    data_args = ["--data", "synthetic", "--val-size", "256", "--train-subset", "64"]
+    argv += data_args if with_data else ["--num-classes", "4"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    path = out.parent / ONNX_FILE
+    assert path.is_file() and result["onnx"]["path"] == str(path)
+    assert result["onnx"]["top1_mismatches"] == 0
+    assert result["speedup"] == pytest.approx(2.0, rel=0.01)
+    props = _props(path)
+    assert float(props["prunetune.macs_speedup"]) == pytest.approx(result["speedup"], abs=1e-4)
+    model = load_pruned(out).eval()
+    if with_data:  # the same 256 val images, normalised as prune's --data normalises them
+        assert result["onnx"]["check_source"] == "256 val images of synthetic"
+        data = DataSpec(val_size=256, train_subset=64)
+        assert json.loads(props["mean"]) == pytest.approx(load_dataset(data).mean)
+        assert props["num_classes"] == "10"
+        x = ox.check_inputs(RunInfo(data=data), model.prunetune_spec).images[:16]
+    else:
+        assert result["onnx"]["check_source"] == "256 seeded random inputs"
+        assert "warning: no data was given" in captured.err
+        assert "unknown" in props["normalization"] and "mean" not in props
+        x = torch.randn((16, 3, 32, 32), generator=torch.Generator().manual_seed(2))
+    (got,) = ox.session(path, threads=1).run([ox.OUTPUT_NAME], {ox.INPUT_NAME: x.numpy()})
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--out", "{tmp}/p/pruned.pt"], "pip install 'prunetune[onnx]'"),
+        ([], "pass --out too"),
+        (["--out", "{tmp}/p/model.onnx"], "give the pruned model another name"),
+    ],
+    ids=["missing-extra", "no-out", "out-is-the-onnx-file"],
+)
+def test_prune_onnx_mistakes_are_said_before_any_pruning(
+    tmp_path, monkeypatch, capsys, argv, message
+) -> None:
+    if "onnx]" in message:
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    base = ["prune", "--speedup", "2", "--width", "0.125", "--data", "synthetic", "--onnx"]
+    assert main([*base, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert "data: " not in err  # said once the data are loaded: nothing was loaded or pruned
+    assert not (tmp_path / "p").exists()
+
+
+def test_prune_onnx_that_fails_its_check_exits_2_and_keeps_the_file_aside(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """As with export: the error names what differed, the pruned model stays, the ONNX file is
+    kept only as model.failed.onnx (a tolerance below any difference forces the failure)."""
+    monkeypatch.setattr(ox, "tolerance", lambda torch_logits: -1.0)
+    out = tmp_path / "p" / "pruned.pt"
+    argv = ["prune", "--speedup", "2", "--width", "0.125", "--num-classes", "4", "--no-latency"]
+    assert main([*argv, "--device", "cpu", "--out", str(out), "--onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the torch model" in err and "model.failed.onnx" in err
+    assert out.is_file() and (out.parent / "model.failed.onnx").is_file()
+    assert not (out.parent / ONNX_FILE).exists()

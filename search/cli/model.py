@@ -18,6 +18,7 @@ from pruning.devices import resolve_device
 from pruning.importance import IMPORTANCES
 from pruning.latency import Latency, LatencySettings, latency_speedup, measure_batches
 from pruning.models import MODELS, build_model, example_input, model_entry, save_pruned
+from pruning.onnx_export import ONNX_FILE, export_pruned, failed_path, require_onnx
 from pruning.pretrain import load_pretrain_config, parse_override
 from pruning.pretrain import pretrain as run_pretrain
 from pruning.prune import (
@@ -34,7 +35,14 @@ from pruning.run_info import ModelInfo, RunInfo, model_from_checkpoint
 from pruning.runner import StageResult
 from pruning.schedule import Schedule
 from pruning.train import validate
-from search.cli.options import add_data_args, command, data_spec
+from search.cli.options import (
+    add_data_args,
+    add_latency_arg,
+    add_onnx_arg,
+    command,
+    data_spec,
+    say_onnx,
+)
 from search.progress import EpochBar, say
 
 
@@ -54,12 +62,16 @@ Prune a model of the registry (--arch: VGG19 by default; random-init or from a
 checkpoint) to an exact MACs speed-up and print per-layer widths before and
 after, MACs, params and the time taken. Coupled layers (residual adds,
 depthwise groups) are pruned together. With --data, also print validation
-accuracy before and right after pruning.
+accuracy before and right after pruning. With --onnx, also write model.onnx
+beside --out, verified with onnxruntime (on 256 val images of --data, else on
+seeded random inputs).
 """,
         "prunetune prune --speedup 8.84 --width 0.25 --num-classes 10",
         "prunetune prune --arch resnet56 --speedup 2.5 --num-classes 10",
         "prunetune prune --arch torchvision:resnet50 --speedup 2 --input-size 64",
         "prunetune prune --speedup 8.84 --checkpoint baseline.pt --data cifar100:~/data --json",
+        "prunetune prune --speedup 4 --checkpoint baseline.pt --data cifar100 --out p/pruned.pt "
+        "--onnx",
     )
     add_model_args(p)
     _add_prune_target_args(p)
@@ -71,12 +83,12 @@ accuracy before and right after pruning.
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument(
-        "--latency",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure the dense and pruned model's latency at batch 1 and 64 on --device "
-        "(median of a few runs; default on; --no-latency skips it for big models)",
+    add_latency_arg(p, "the dense and pruned model (median of a few runs)")
+    add_onnx_arg(
+        p,
+        "beside --out",
+        "val images of --data; without --data, on seeded random inputs and with no "
+        "normalisation in the metadata",
     )
     add_data_args(p)
     p.set_defaults(handler=prune)
@@ -193,7 +205,35 @@ def _model_for_prune(
     return model_from_checkpoint(args.checkpoint, info, classes, size)[0]
 
 
+def _check_onnx(args: argparse.Namespace) -> None:
+    """With --onnx, what would stop it, said before any pruning: the missing extra, no --out."""
+    if not args.onnx:
+        return
+    require_onnx("prunetune prune --onnx")
+    if args.out is None:
+        raise ValueError(
+            f"--onnx writes {ONNX_FILE} beside the pruned model that --out writes: pass --out "
+            "too, e.g. --out runs/pruned/pruned.pt"
+        )
+    if args.out.name in (ONNX_FILE, failed_path(Path(ONNX_FILE)).name):
+        raise ValueError(
+            f"--out {args.out}: --onnx writes {ONNX_FILE} in that folder; give the pruned "
+            "model another name, e.g. pruned.pt"
+        )
+
+
+def _onnx(args: argparse.Namespace, data: DataSpec | None, speedup: float) -> dict[str, Any]:
+    """With --onnx: ONNX_FILE beside --out's pruned model, verified as `export --onnx` verifies
+    (val images of --data; seeded random inputs without it) and timed on torch's threads."""
+    if not args.onnx:
+        return {}
+    path = args.out.parent / ONNX_FILE
+    say(f"writing {path} and verifying it with onnxruntime")
+    return say_onnx(export_pruned(args.out, path, RunInfo(data=data), macs_speedup=speedup))
+
+
 def prune(args: argparse.Namespace) -> dict[str, Any]:
+    _check_onnx(args)
     device = resolve_device(args.device)
     spec = data_spec(args)
     data = load_dataset(spec, device) if spec else None
@@ -226,7 +266,7 @@ def prune(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         say(f"model: {model_spec.describe()}")
         print(format_prune_report(result))
-    return result
+    return result | _onnx(args, spec, report.speedup)
 
 
 def _report_fields(report: PruneReport) -> dict[str, Any]:
@@ -383,13 +423,7 @@ an exported trial it reproduces that trial's accuracy.
     p.add_argument("--out", type=Path, help="output folder (default runs/replay/<schedule name>)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument(
-        "--latency",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="time the dense model and each stage's pruned model at batch 1 and 64 on --device "
-        "(what a search's trial measures; default on)",
-    )
+    add_latency_arg(p, "the dense model and each stage's pruned model (as a search's trial does)")
     add_data_args(p)
     p.set_defaults(handler=replay)
 

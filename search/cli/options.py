@@ -1,4 +1,5 @@
-"""What several commands share: the subcommand skeleton and the data options."""
+"""What several commands share: the subcommand skeleton, the data options, --latency and
+--onnx (each declared once, with the words that differ per command passed in)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from pruning.data import DATASETS, DataSpec, parse_val_size
+from pruning.latency import BATCHES
+from pruning.onnx_export import CHECK_IMAGES, INSTALL_HINT, ONNX_FILE, OnnxExport, failed_path
+from search.progress import say
 
 RAW = argparse.RawDescriptionHelpFormatter  # keeps our line breaks and example lines intact
 
@@ -40,6 +44,42 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         help="validation carved from train: a fraction below 1 (0.1) or a count (5000)",
     )
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
+
+
+def add_latency_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """--latency/--no-latency (default on): time `what` (e.g. "the dense and pruned model") at
+    pruning.latency's batch sizes on --device."""
+    batches = " and ".join(str(b) for b in BATCHES)
+    p.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"time {what} at batch {batches} on --device (default on; --no-latency skips it, "
+        "e.g. for big models)",
+    )
+
+
+def add_onnx_arg(p: argparse.ArgumentParser, where: str, images: str) -> None:
+    """--onnx: a verified ONNX file `where` (e.g. "beside --out"), checked on `images`."""
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help=f"also write {ONNX_FILE} {where} (dynamic batch, normalisation in its metadata), "
+        f"verify it with onnxruntime against torch (logits and top-1 on {CHECK_IMAGES} {images}; "
+        f"a failure is an error and the file is kept as {failed_path(Path(ONNX_FILE)).name}) "
+        f"and time both; "
+        f"needs {INSTALL_HINT}",
+    )
+
+
+def say_onnx(result: OnnxExport) -> dict[str, Any]:
+    """Says how a verified ONNX file checked out and timed; its entry of a command's --json."""
+    if result.note:
+        say(f"warning: {result.note}")
+    say(f"{result.path}: {result.verification.describe()}")
+    for pair in result.latency.values():
+        say(f"latency {pair.describe()}")
+    return {"onnx": result.to_dict()}
 
 
 def data_spec(args: argparse.Namespace, base: DataSpec | None = None) -> DataSpec | None:

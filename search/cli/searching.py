@@ -17,7 +17,7 @@ from pruning.compute import CostObjective
 from pruning.data import check_root
 from pruning.onnx_export import require_onnx
 from search.accounting import describe_spent
-from search.cli.options import command, out_folder, writing_into
+from search.cli.options import add_onnx_arg, command, out_folder, say_onnx, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
 from search.export import ONNX_FILE, export_onnx, export_trial, register
 from search.importance import log_what_mattered
@@ -347,14 +347,7 @@ def _add_export(sub: Any) -> None:
     )
     _add_pick(p)
     p.add_argument("--out", type=Path, required=True, help="folder to write")
-    p.add_argument(
-        "--onnx",
-        action="store_true",
-        help=f"also write {ONNX_FILE} (dynamic batch, normalisation in its metadata), verify it "
-        "with onnxruntime against torch (logits and top-1 on 256 validation images; a failure "
-        "is an error and the file is kept as model.failed.onnx) and time both; needs "
-        "pip install 'prunetune[onnx]'",
-    )
+    add_onnx_arg(p, "beside the exported files", "val images of the trial's data")
     p.add_argument(
         "--register",
         metavar="NAME",
@@ -428,13 +421,7 @@ def _onnx(args: argparse.Namespace, out: Path, row: TrialRow) -> dict[str, Any]:
     if not args.onnx:
         return {}
     say(f"writing {out / ONNX_FILE} and verifying it with onnxruntime")
-    result = export_onnx(out, row.speedup)
-    if result.note:
-        say(f"warning: {result.note}")
-    say(f"{result.path}: {result.verification.describe()}")
-    for pair in result.latency.values():
-        say(f"latency {pair.describe()}")
-    return {"onnx": result.to_dict()}
+    return say_onnx(export_onnx(out, row.speedup))
 
 
 def _add_report(sub: Any) -> None:
