@@ -394,29 +394,14 @@ def _widths(model: torch.nn.Module) -> dict[str, int]:
 def test_an_interrupted_pbt_search_resumes_and_every_lineage_lands(tmp_path) -> None:
     """Ctrl-C once a trial has saved its stage 1, then --resume: both lineages finish on the
     target within the budget, one finished run per trial, and the parent's compute goes on."""
-    import signal
-    import time
-
-    from support.procs import start_prunetune, subprocess_env
+    from support.procs import interrupt_search_at
 
     from search.cli import main
     from trainables import tracking
 
     config = tmp_path / "pbt.yaml"
     config.write_text(yaml.safe_dump(EXPERIMENT | {"out": str(tmp_path / "run")}))
-    proc = start_prunetune("search", str(config), cwd=tmp_path, env=subprocess_env())
-    deadline = time.monotonic() + 300
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "stage 1 saved" in line:
-                proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-                break
-            assert time.monotonic() < deadline, "no stage finished in time"
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    interrupt_search_at(config, "stage 1 saved", tmp_path)
     uri = f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
     assert not [r for r in tracking.trial_runs(uri, "pbt") if r.data.metrics.get("completed")]
 

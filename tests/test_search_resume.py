@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import time
-from pathlib import Path
-
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from support.experiment import tiny_experiment
 from support.mlflow_server import runs_by_role
-from support.procs import start_prunetune, subprocess_env
+from support.procs import interrupt_search_at
 from support.run_checks import assert_one_finished_run_per_trial
 
 from search.cli import main
@@ -19,27 +15,11 @@ from search.cli import main
 EXPERIMENT = tiny_experiment("resume", num_trials=3, max_concurrent=1)
 
 
-def interrupt_after_first_trial(config: Path, cwd: Path) -> None:
-    proc = start_prunetune("search", str(config), cwd=cwd, env=subprocess_env())
-    deadline = time.monotonic() + 300
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "finished | done 1/3" in line:
-                proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-                break
-            assert time.monotonic() < deadline, "the first trial did not finish in time"
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 @pytest.mark.usefixtures("ray_cluster")
 def test_resume_finishes_the_search_without_repeating_or_losing_trials(tmp_path) -> None:
     config = tmp_path / "resume.yaml"
     config.write_text(yaml.safe_dump(EXPERIMENT | {"out": str(tmp_path / "run")}))
-    interrupt_after_first_trial(config, tmp_path)
+    interrupt_search_at(config, "finished | done 1/3", tmp_path)
 
     uri = f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
     client = MlflowClient(uri)

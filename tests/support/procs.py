@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
@@ -42,6 +43,24 @@ def start_prunetune(*argv: str, cwd: Path, env: dict[str, str]) -> subprocess.Po
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def interrupt_search_at(config: Path, marker: str, cwd: Path, timeout: float = 300) -> None:
+    """`prunetune search config` in the background, Ctrl-C'd (SIGINT) at the first line of its
+    output holding `marker`; returns once it has exited."""
+    proc = start_prunetune("search", str(config), cwd=cwd, env=subprocess_env())
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if marker in line:
+                proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+                break
+            assert time.monotonic() < deadline, f"no {marker!r} in {timeout:.0f} s"
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def free_port() -> int:
