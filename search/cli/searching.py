@@ -9,36 +9,29 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pruning.compute import CostObjective
 from pruning.data import check_root
-from pruning.onnx_export import require_onnx
-from search.accounting import describe_spent
+from pruning.onnx_export import ONNX_FILE, require_onnx
 from search.cli.options import add_onnx_arg, command, out_folder, say_onnx, writing_into
 from search.config import ExperimentConfig, MlflowConfig, config_to_dict, load_config
-from search.export import ONNX_FILE, export_onnx, export_trial, register
-from search.importance import log_what_mattered
 from search.objectives import Objective
 from search.pareto import Pick, format_front, front, front_json, parse_pick, pick
 from search.progress import say
-from search.report.data import read_report_data
-from search.report.html import build_html
 from search.rungs import describe as describe_early_stopping
 from search.space import describe_space
 from search.strategies import describe as describe_strategy
-from search.trials import (
-    TrialRow,
-    load_rows,
-    rows_with_ray_fallback,
-    search_cost,
-    search_objectives,
-    tag_front,
-)
-from trainables import tracking
 from trainables.mlflow_models import check_name
+
+if TYPE_CHECKING:
+    from search.trials import TrialRow
+
+# What reads or writes a search (search.tuner: Ray; search.trials, search.export, search.report,
+# trainables.tracking: MLflow, matplotlib) is imported by the command that does it, not here:
+# `--help`, `search --dry-run` and a config's errors answer without those seconds of imports.
 
 
 def add_parsers(sub: Any) -> None:
@@ -107,7 +100,9 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         check_root(config.data)
     out_folder(config.out_dir, "out")
     # Ray is only imported when a search really runs
+    from search.accounting import describe_spent
     from search.tuner import failure_summary, run_search, search_session
+    from trainables import tracking
 
     with search_session(config, args.resume, args.force):
         outcome = run_search(config, resume=args.resume)
@@ -133,6 +128,8 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
 def _what_mattered(config: ExperimentConfig, parent_id: str, results: list[dict[str, Any]]) -> None:
     """The parameters that drove val acc, on the parent run and said. Best effort, as the plots:
     a search that ran for hours still logs its front when this cannot be computed."""
+    from search.importance import log_what_mattered
+
     try:
         lines = log_what_mattered(config, parent_id, results).lines()
     except Exception as err:
@@ -161,6 +158,9 @@ def finish_search(
 ) -> dict[str, Any]:  # type: ignore[assignment]
     """Front from MLflow's completed runs: tag it, log table, plots and report to the parent,
     print it. The plots show the knee, the default export pick."""
+    from search.trials import load_rows, rows_with_ray_fallback, tag_front
+    from trainables import tracking
+
     uri, cost = config.tracking_uri, config.cost_objective
     rows, from_mlflow = rows_with_ray_fallback(config)  # copies trials MLflow missed
     if not from_mlflow:
@@ -194,6 +194,9 @@ def _plots_and_report(
 ) -> None:
     """The plots (the knee as the pick) and report.html. Best effort: a search that ran for hours
     still ends, with its front logged, when a picture cannot be made."""
+    from search.report.data import read_report_data
+    from search.report.html import build_html
+
     try:
         data = read_report_data(uri, experiment, Pick("knee"), "knee", folder, parent_id, cost)
         (folder / "report.html").write_text(build_html(data))
@@ -257,6 +260,9 @@ def _where(args: argparse.Namespace) -> tuple[str, str, Path]:
 def _cost(args: argparse.Namespace, uri: str, experiment: str) -> CostObjective:
     """The cost objective to rank by: the config's (`cost`, overridable), or for an experiment
     name the one its latest search chose."""
+    from search.trials import search_cost
+    from trainables import tracking
+
     if Path(args.experiment).is_file():
         return load_config(args.experiment, args.overrides).cost_objective
     return search_cost(uri, tracking.latest_parent(uri, experiment))
@@ -265,6 +271,9 @@ def _cost(args: argparse.Namespace, uri: str, experiment: str) -> CostObjective:
 def _objectives(args: argparse.Namespace, uri: str, experiment: str) -> tuple[Objective, ...]:
     """The objectives to rank by: the config's (`objectives`, overridable), or for an experiment
     name the ones its latest search chose."""
+    from search.trials import search_objectives
+    from trainables import tracking
+
     if Path(args.experiment).is_file():
         return load_config(args.experiment, args.overrides).ranked_by
     return search_objectives(uri, tracking.latest_parent(uri, experiment))
@@ -286,6 +295,8 @@ def _check_store(uri: str) -> None:
 def _ray_rows(args: argparse.Namespace) -> list[TrialRow] | None:
     """With a config file: trials only Ray's storage has are copied into MLflow first. Returns
     the rows from Ray's storage when MLflow cannot be reached, else None."""
+    from search.trials import rows_with_ray_fallback
+
     if not Path(args.experiment).is_file():
         return None
     config = load_config(args.experiment, args.overrides)
@@ -314,6 +325,8 @@ def _add_pareto(sub: Any) -> None:
 
 
 def pareto(args: argparse.Namespace) -> dict[str, Any]:
+    from search.trials import load_rows, tag_front
+
     ray_rows = _ray_rows(args)
     if ray_rows is not None:
         config = load_config(args.experiment, args.overrides)
@@ -360,6 +373,11 @@ def _add_export(sub: Any) -> None:
 
 def export(args: argparse.Namespace) -> dict[str, Any]:
     """The pick's files, its plots and the search's report.html into --out."""
+    from search.export import export_trial
+    from search.report.data import read_report_data
+    from search.report.html import build_html
+    from search.trials import load_rows
+
     how = parse_pick(args.pick)
     if args.onnx:  # a missing extra is said before anything is read or written
         require_onnx("prunetune export --onnx")
@@ -403,6 +421,8 @@ def _register(
 ) -> dict[str, Any]:
     """With --register: the trial's model as a new version in MLflow's Model Registry, after
     every file is written (an unreachable server or an incompatible name fails only this)."""
+    from search.export import register
+
     if args.register is None:
         return {}
     registered = register(uri, args.register, row, out, metrics)
@@ -418,6 +438,8 @@ def _register(
 def _onnx(args: argparse.Namespace, out: Path, row: TrialRow) -> dict[str, Any]:
     """With --onnx: the verified model.onnx, after the other files (which a failed verification
     leaves in place)."""
+    from search.export import export_onnx
+
     if not args.onnx:
         return {}
     say(f"writing {out / ONNX_FILE} and verifying it with onnxruntime")
@@ -443,6 +465,9 @@ def _add_report(sub: Any) -> None:
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
+    from search.report.data import read_report_data
+    from search.report.html import build_html
+
     how = parse_pick(args.pick)
     uri, experiment, out_dir = _where(args)  # first: a wrong out= must not create a database
     if _ray_rows(args) is not None:
