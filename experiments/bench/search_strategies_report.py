@@ -241,7 +241,7 @@ def section(bench: Any, searches: list[Search], missing: list[str], kept: list[s
     return f"""{BEGIN}
 ## Search strategies at equal compute (`search_strategies.py`)
 {smoke}
-    python experiments/bench/search_strategies.py run      # about an hour here
+    python experiments/bench/search_strategies.py run      # about 1.5 hours here (2 cores)
     python experiments/bench/search_strategies.py report   # this section
 
 Each strategy searched {len(c["search_seeds"])} times (search seeds {c["search_seeds"]}) for the
