@@ -124,7 +124,8 @@ def anytime_figure(groups: dict[str, list[Search]], path: Path) -> Path:
     top = max(s.spent for g in groups.values() for s in g)
     grid = [top * i / 300 for i in range(301)]
     for i, (strategy, group) in enumerate(groups.items()):
-        points = [(x, [s.best_at(x) for s in group]) for x in grid]
+        end = min(s.spent for s in group)  # no line past what every seed spent
+        points = [(x, [s.best_at(x) for s in group]) for x in grid if x <= end]
         xs = [x for x, v in points if None not in v]
         ys = [100 * statistics.mean(v) for _, v in points if None not in v]
         ax.plot(xs, ys, drawstyle="steps-post", color=f"C{i}", label=f"{strategy} ({len(group)})")
