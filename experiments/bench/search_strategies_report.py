@@ -9,6 +9,7 @@ Only (strategy, seed) pairs whose search and replay finished are reported; the r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -219,6 +220,9 @@ def replay_noise(groups: dict[str, list[Search]]) -> str:
 def keep_models(bench: Any, results: Path) -> list[str]:
     """Each strategy's first-seed export: the search's best trial, its schedule and weights."""
     kept, seed = [], bench.c["search_seeds"][0]
+    # `run` may have run in another checkout of this repository (a worktree, so that edits here
+    # did not change the code it ran): its paths are this checkout's.
+    ran_in = checkout_of(bench.out)
     for strategy in bench.strategies():
         src = bench.folder(strategy, seed) / "export"
         if not (src / "pruned.pt").exists():
@@ -226,14 +230,26 @@ def keep_models(bench: Any, results: Path) -> list[str]:
         dst = results / MODELS / strategy
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / "pruned.pt", dst / "pruned.pt")
-        metrics = (src / "metrics.json").read_text().replace(f"{ROOT}/", "")
-        (dst / "metrics.json").write_text(metrics)
+        metrics = (src / "metrics.json").read_text().replace(f"{ran_in}/", "")
+        (dst / "metrics.json").write_text(metrics.replace(f"{ROOT}/", ""))
         # Re-written, not copied: its paths become relative to the committed copy's folder.
-        schedule, run = schedule_io.load(src / "schedule.yaml")
+        schedule, run = schedule_io.load(src / "schedule.yaml")  # its paths made absolute
+        if run.checkpoint and Path(run.checkpoint).is_relative_to(ran_in):
+            mine = ROOT / Path(run.checkpoint).relative_to(ran_in)
+            run = dataclasses.replace(run, checkpoint=str(mine))
         schedule_io.save(dst / "schedule.yaml", schedule, run, project=ROOT)
         size = (dst / "pruned.pt").stat().st_size / 1e3
         kept.append(f"`{MODELS}/{strategy}/` ({size:.0f} kB)")
     return kept
+
+
+def checkout_of(path: Path) -> Path:
+    """The git checkout (a clone or a worktree: `.git` a folder or a file) holding `path`;
+    this one when there is none."""
+    for folder in (path, *path.parents):
+        if (folder / ".git").exists():
+            return folder
+    return ROOT
 
 
 def machine() -> str:
