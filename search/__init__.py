@@ -7,7 +7,8 @@
   (tests/test_cli_imports.py).
 - config.py: the experiment YAML, validated (ExperimentConfig).
 - objectives.py: what a search ranks by (val_acc, cost, latency: one registry).
-- space.py: the Tune search space, the samplers and the Optuna searcher.
+- space.py: the Tune search space, the samplers and the Optuna searcher;
+  optuna_searcher.py: Ray's OptunaSearch told only the trials that finished their schedule.
 - tuner.py: running a search: baseline, parent MLflow run, Ray Tune, the end of the search.
 - pbt.py: strategy pbt: Ray Tune's PopulationBasedTraining over stages (scheduler, mutations,
   the initial population).
