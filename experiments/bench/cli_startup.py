@@ -4,12 +4,12 @@ next to two references: `python -c pass` (the interpreter alone) and `python -c 
 (the floor while the parser reads the model registries, which import torch). Prints the median
 wall time of --repeats runs and its ratio to `import torch`.
 
-With --compare DIR (another checkout, e.g. `git worktree add /tmp/before <commit>`), each
+With --compare DIR (another checkout, e.g. `git worktree add ../before <commit>`), each
 command also runs from DIR, interleaved with this tree's runs so that both see the same load,
 and the ratio this tree / DIR is printed.
 
     PYTHONPATH=. python experiments/bench/cli_startup.py
-    PYTHONPATH=. python experiments/bench/cli_startup.py --compare /tmp/before --repeats 5
+    PYTHONPATH=. python experiments/bench/cli_startup.py --compare ../before --repeats 5
 """
 
 from __future__ import annotations
